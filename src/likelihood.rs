@@ -1,0 +1,295 @@
+//! Observation models p(x|z): how the decoder's output scores the data.
+
+use candle_core::{D, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::ops;
+
+const LN_2PI: f64 = 1.837_877_066_409_345_3;
+const LN_2: f64 = std::f64::consts::LN_2;
+/// Below this |logit| the continuous-Bernoulli terms use their Taylor series.
+const CB_TAYLOR_BELOW: f64 = 0.1;
+
+/// The decoder's output distribution p(x|z).
+///
+/// The decoder produces *parameters* (logits or means, and for [`GaussianVariance::PerElement`]
+/// also log-variances); the likelihood turns them and the data into log p(x|z), summed over
+/// every element of an example.
+///
+/// # Parameter layout
+/// For data `x` of shape `(N, C, …)` (or `(N, D)`), the parameters have shape
+/// `(N, P·C, …)`, where `P` = [`params_per_element`](Self::params_per_element): with `P = 2`
+/// the first `C` channels are the means, the next `C` the log-variances. A leading sample
+/// axis is allowed, `(K, N, P·C, …)`, for K posterior samples per example.
+///
+/// # Math (per element, logit l, mean μ, log-variance s)
+/// * [`Bernoulli`](Self::Bernoulli): log p = x·l − softplus(l), computed as
+///   −[relu(l) − l·x + log(1 + e^{−|l|})]; with x ∈ [0, 1] this is PyTorch's BCE.
+/// * [`ContinuousBernoulli`](Self::ContinuousBernoulli) (Loaiza-Ganem & Cunningham 2019):
+///   the Bernoulli term plus the log-normaliser log C(l) = log(l / tanh(l/2)), which
+///   makes it a proper density on [0, 1]; near l = 0, log C = log 2 + l²/12 − 7l⁴/1440.
+/// * [`Gaussian`](Self::Gaussian): log N(x; μ, e^s) = −½ [log 2π + s + (x − μ)² e^{−s}].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Likelihood {
+    /// Bernoulli with logits: binary pixels, or grayscale pixels scored by cross-entropy.
+    Bernoulli,
+    /// Continuous Bernoulli with logits: a normalised density for pixels in [0, 1].
+    ContinuousBernoulli,
+    /// Gaussian, with the mean as given or through a sigmoid, and a variance that is fixed
+    /// or learned.
+    Gaussian {
+        /// How the decoder's mean output maps to μ.
+        mean: GaussianMean,
+        /// Where σ² comes from.
+        variance: GaussianVariance,
+    },
+}
+
+/// How a Gaussian decoder's raw mean output becomes μ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum GaussianMean {
+    /// μ is the decoder output.
+    #[default]
+    Identity,
+    /// μ = sigmoid(output), for data in [0, 1] (Kingma & Welling 2013, Frey Face).
+    Sigmoid,
+}
+
+/// Where a Gaussian likelihood's variance comes from.
+#[derive(Debug, Clone)]
+pub enum GaussianVariance {
+    /// σ is a fixed constant.
+    Fixed {
+        /// The standard deviation σ > 0.
+        std: f64,
+    },
+    /// The decoder predicts log σ² for every element (it outputs 2·C channels).
+    PerElement,
+    /// One learned log σ² shared by every element: a parameter of shape `(1,)`.
+    Shared(Tensor),
+}
+
+impl Likelihood {
+    /// A Gaussian with fixed σ and identity mean.
+    ///
+    /// # Errors
+    /// If `std` is not finite and > 0.
+    pub fn gaussian(std: f64) -> crate::Result<Self> {
+        crate::error::ensure(
+            std.is_finite() && std > 0.0,
+            "Likelihood::Gaussian",
+            "std",
+            std,
+            "must be finite and > 0",
+        )?;
+        Ok(Likelihood::Gaussian {
+            mean: GaussianMean::Identity,
+            variance: GaussianVariance::Fixed { std },
+        })
+    }
+
+    /// A Gaussian whose decoder predicts μ (through `mean`) and log σ² per element, as in
+    /// Kingma & Welling (2013) for Frey Face.
+    pub fn gaussian_per_element(mean: GaussianMean) -> Self {
+        Likelihood::Gaussian {
+            mean,
+            variance: GaussianVariance::PerElement,
+        }
+    }
+
+    /// A Gaussian with one learned log σ², created (initialised to `init_log_var`) as the
+    /// parameter `log_var` under `vb`.
+    ///
+    /// # Errors
+    /// If the parameter cannot be created.
+    pub fn gaussian_shared(
+        mean: GaussianMean,
+        init_log_var: f64,
+        vb: VarBuilder,
+    ) -> crate::Result<Self> {
+        let log_var = vb.get_with_hints(1, "log_var", candle_nn::Init::Const(init_log_var))?;
+        Ok(Likelihood::Gaussian {
+            mean,
+            variance: GaussianVariance::Shared(log_var),
+        })
+    }
+
+    /// How many parameters the decoder must produce per data element (1 or 2).
+    pub fn params_per_element(&self) -> usize {
+        match self {
+            Likelihood::Gaussian {
+                variance: GaussianVariance::PerElement,
+                ..
+            } => 2,
+            _ => 1,
+        }
+    }
+
+    /// A short name, for logs and checkpoint metadata.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Likelihood::Bernoulli => "bernoulli",
+            Likelihood::ContinuousBernoulli => "continuous-bernoulli",
+            Likelihood::Gaussian { variance, .. } => match variance {
+                GaussianVariance::Fixed { .. } => "gaussian-fixed",
+                GaussianVariance::PerElement => "gaussian-per-element",
+                GaussianVariance::Shared(_) => "gaussian-shared",
+            },
+        }
+    }
+
+    /// log p(x|z) for every element.
+    ///
+    /// # Shapes
+    /// `x`: `(N, C, …)`; `params`: `(N, P·C, …)` → `(N, C, …)`, or
+    /// `(K, N, P·C, …)` → `(K, N, C, …)`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] (inside candle's error) if `params` does not match `x` as above.
+    pub fn log_prob_elements(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
+        let (first, second) = self.split(x, params)?;
+        match self {
+            Likelihood::Bernoulli => ops::binary_cross_entropy_with_logits(&first, x)?.neg(),
+            Likelihood::ContinuousBernoulli => {
+                let bernoulli = ops::binary_cross_entropy_with_logits(&first, x)?.neg()?;
+                bernoulli + continuous_bernoulli_log_norm(&first)?
+            }
+            Likelihood::Gaussian { mean, variance } => {
+                let mu = match mean {
+                    GaussianMean::Identity => first,
+                    GaussianMean::Sigmoid => ops::sigmoid(&first)?,
+                };
+                let sq = mu.broadcast_sub(x)?.sqr()?;
+                match variance {
+                    GaussianVariance::Fixed { std } => {
+                        let log_var = 2.0 * std.ln();
+                        sq.affine(-0.5 / (std * std), -0.5 * (LN_2PI + log_var))
+                    }
+                    GaussianVariance::PerElement => {
+                        let log_var = second.ok_or_else(|| {
+                            candle_core::Error::Msg(
+                                "per-element Gaussian without log-variance".into(),
+                            )
+                        })?;
+                        let scaled = (sq * log_var.neg()?.exp()?)?;
+                        (scaled + log_var)?.affine(-0.5, -0.5 * LN_2PI)
+                    }
+                    GaussianVariance::Shared(log_var) => {
+                        let scaled = sq.broadcast_mul(&log_var.neg()?.exp()?)?;
+                        scaled.broadcast_add(log_var)?.affine(-0.5, -0.5 * LN_2PI)
+                    }
+                }
+            }
+        }
+    }
+
+    /// log p(x|z), summed over every element of each example.
+    ///
+    /// # Shapes
+    /// `x`: `(N, C, …)`; `params`: `(N, P·C, …)` → `(N,)`, or `(K, N, P·C, …)` → `(K, N)`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] (inside candle's error) if `params` does not match `x`.
+    pub fn log_prob(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
+        let per_element = self.log_prob_elements(x, params)?;
+        let batch_axes = per_element.rank() + 1 - x.rank();
+        per_element.flatten_from(batch_axes)?.sum(D::Minus1)
+    }
+
+    /// The mean E[x|z] of p(x|z): what reconstructions and samples show.
+    ///
+    /// Bernoulli: σ(l). Continuous Bernoulli: 1/(1 − e^{−l}) − 1/l (½ + l/12 − l³/720 near
+    /// 0), which is *not* σ(l). Gaussian: μ.
+    ///
+    /// # Shapes
+    /// `(…, P·C, …)` → `(…, C, …)`; the channel axis is axis 1 (axis 2 with a sample axis),
+    /// given by `channel_axis`.
+    ///
+    /// # Errors
+    /// If `params` has no axis `channel_axis` or it is not divisible by P.
+    pub fn mean(&self, params: &Tensor, channel_axis: usize) -> candle_core::Result<Tensor> {
+        let groups = self.params_per_element();
+        let channels = params.dim(channel_axis)?;
+        if channels % groups != 0 {
+            return Err(Error::shape(
+                "Likelihood::mean",
+                format!("a multiple of {groups} channels on axis {channel_axis}"),
+                params.dims(),
+            )
+            .into());
+        }
+        let first = params.narrow(channel_axis, 0, channels / groups)?;
+        match self {
+            Likelihood::Bernoulli => ops::sigmoid(&first),
+            Likelihood::ContinuousBernoulli => continuous_bernoulli_mean(&first),
+            Likelihood::Gaussian { mean, .. } => match mean {
+                GaussianMean::Identity => Ok(first),
+                GaussianMean::Sigmoid => ops::sigmoid(&first),
+            },
+        }
+    }
+
+    /// Checks `params` against `x` and splits it into its parameter groups.
+    fn split(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let groups = self.params_per_element();
+        let xd = x.dims();
+        let pd = params.dims();
+        let sample_axes = pd.len().wrapping_sub(xd.len());
+        let fits = x.rank() >= 2
+            && sample_axes <= 1
+            && pd[sample_axes] == xd[0]
+            && pd[sample_axes + 1] == groups * xd[1]
+            && pd[sample_axes + 2..] == xd[2..];
+        if !fits {
+            let mut expected = xd.to_vec();
+            if expected.len() >= 2 {
+                expected[1] *= groups;
+            }
+            return Err(Error::shape(
+                "Likelihood::log_prob",
+                format!(
+                    "{} parameters of shape {expected:?} or (K, {expected:?}) for data of shape {xd:?}",
+                    self.name()
+                ),
+                pd,
+            )
+            .into());
+        }
+        if groups == 1 {
+            return Ok((params.clone(), None));
+        }
+        let axis = sample_axes + 1;
+        Ok((
+            params.narrow(axis, 0, xd[1])?,
+            Some(params.narrow(axis, xd[1], xd[1])?),
+        ))
+    }
+}
+
+/// log C(l) of the continuous Bernoulli, C(l) = l / tanh(l/2), with its Taylor series
+/// near 0 where the closed form is 0/0.
+fn continuous_bernoulli_log_norm(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let near_zero = logits.abs()?.lt(CB_TAYLOR_BELOW)?;
+    // Keep the closed form away from 0 on both branches so its gradient stays finite.
+    let safe = near_zero.where_cond(&logits.ones_like()?, logits)?;
+    let closed = (safe.abs()?.log()? - (&safe * 0.5)?.tanh()?.abs()?.log()?)?;
+    let l2 = logits.sqr()?;
+    let taylor = ((&l2 * (1.0 / 12.0))? - (l2.sqr()? * (7.0 / 1440.0))?)?.affine(1.0, LN_2)?;
+    near_zero.where_cond(&taylor, &closed)
+}
+
+/// E[x] of the continuous Bernoulli with logit l: 1/(1 − e^{−l}) − 1/l.
+fn continuous_bernoulli_mean(logits: &Tensor) -> candle_core::Result<Tensor> {
+    let near_zero = logits.abs()?.lt(CB_TAYLOR_BELOW)?;
+    let safe = near_zero.where_cond(&logits.ones_like()?, logits)?;
+    // 1/(1 − e^{−l}) overflows for l ≪ 0; the identity 1/(1 − e^{−l}) = ½ + ½·coth(l/2)
+    // does not.
+    let coth = (&safe * 0.5)?.tanh()?.recip()?;
+    let closed = (coth.affine(0.5, 0.5)? - safe.recip()?)?;
+    let cube = (logits * logits.sqr()?)?;
+    let taylor = ((logits * (1.0 / 12.0))? - (cube * (1.0 / 720.0))?)?.affine(1.0, 0.5)?;
+    near_zero.where_cond(&taylor, &closed)
+}

@@ -1,0 +1,595 @@
+//! The variational auto-encoder: an encoder, a decoder and a likelihood, composed.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::component::{Decoder, Dims, EncoderT};
+use crate::distribution::DiagonalGaussian;
+use crate::error::Error;
+use crate::likelihood::Likelihood;
+use crate::noise::NoiseSource;
+
+/// A VAE (Kingma & Welling 2013): q(z|x) from the encoder, p(x|z) from the decoder and
+/// the likelihood, and the prior p(z) = N(0, I).
+///
+/// `forward_t` runs the whole model on a batch and returns a [`VaeOutput`], which
+/// [`ElboLoss`](crate::ElboLoss) and the [`estimate`](crate::estimate) functions score.
+///
+/// ```
+/// # use candle_vae::*;
+/// # use candle_core::{DType, Device, Tensor};
+/// let params = ParamStore::new(0);
+/// let vb = params.var_builder(DType::F32, &Device::Cpu);
+/// let enc = MlpEncoder::new(&MlpEncoderConfig::new(6, &[8], 2), vb.pp("enc"))?;
+/// let dec = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], 6), vb.pp("dec"))?;
+/// let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+/// let xs = Tensor::ones((4, 6), DType::F32, &Device::Cpu)?;
+/// let out = vae.forward_t(&xs, &mut NoiseSource::new(1), true)?;
+/// assert_eq!(out.z.dims(), &[4, 2]);
+/// assert_eq!(out.params.dims(), &[4, 6]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Vae<E, D> {
+    encoder: E,
+    decoder: D,
+    likelihood: Likelihood,
+    condition_dim: usize,
+}
+
+/// Everything one forward pass computes.
+#[derive(Debug, Clone)]
+pub struct VaeOutput {
+    /// The approximate posterior q(z|x), over `(N, D)`.
+    pub posterior: DiagonalGaussian,
+    /// The reparameterized latent samples: `(N, D)`, or `(K, N, D)` for K samples each.
+    pub z: Tensor,
+    /// The decoder's likelihood parameters in the data's layout: `(N, P·C, …)`, or
+    /// `(K, N, P·C, …)` (see [`Likelihood`]).
+    pub params: Tensor,
+    /// The likelihood that scores `params`.
+    pub likelihood: Likelihood,
+}
+
+impl VaeOutput {
+    /// K, the number of posterior samples per example (1 for `forward_t`).
+    pub fn samples(&self) -> usize {
+        if self.z.rank() == 3 {
+            self.z.dims()[0]
+        } else {
+            1
+        }
+    }
+
+    /// log p(x|z) per example (and per sample).
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, …)` → `(N,)`, or `(K, N)` for K samples.
+    ///
+    /// # Errors
+    /// If `xs` is not the batch this output was computed from.
+    pub fn reconstruction_log_prob(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.likelihood.log_prob(xs, &self.params)
+    }
+
+    /// log p(z) under the prior N(0, I): `(N,)` or `(K, N)`.
+    ///
+    /// # Errors
+    /// Only candle's own.
+    pub fn prior_log_prob(&self) -> candle_core::Result<Tensor> {
+        let (n, d) = self.posterior.mean().dims2()?;
+        DiagonalGaussian::standard(n, d, self.z.dtype(), self.z.device())?.log_prob(&self.z)
+    }
+
+    /// log q(z|x) of the samples: `(N,)` or `(K, N)`.
+    ///
+    /// # Errors
+    /// Only candle's own.
+    pub fn posterior_log_prob(&self) -> candle_core::Result<Tensor> {
+        self.posterior.log_prob(&self.z)
+    }
+
+    /// E[x|z] for every sample, in the data layout without the parameter groups.
+    ///
+    /// # Errors
+    /// Only candle's own.
+    pub fn mean(&self) -> candle_core::Result<Tensor> {
+        let channel_axis = if self.z.rank() == 3 { 2 } else { 1 };
+        self.likelihood.mean(&self.params, channel_axis)
+    }
+}
+
+/// Where the reparameterization noise comes from.
+enum Eps<'a> {
+    Draw {
+        samples: Option<usize>,
+        noise: &'a mut NoiseSource,
+    },
+    Given(&'a Tensor),
+}
+
+impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
+    /// Composes a VAE, checking that the parts fit.
+    ///
+    /// # Errors
+    /// [`Error::LatentMismatch`] if the decoder does not take the encoder's latent width;
+    /// [`Error::DataShapeMismatch`] if the decoder does not produce the encoder's data
+    /// shape with the likelihood's parameters per element.
+    pub fn new(encoder: E, decoder: Dec, likelihood: Likelihood) -> crate::Result<Self> {
+        Self::build(encoder, decoder, likelihood, 0)
+    }
+
+    fn build(
+        encoder: E,
+        decoder: Dec,
+        likelihood: Likelihood,
+        condition_dim: usize,
+    ) -> crate::Result<Self> {
+        if encoder.latent_dim() + condition_dim != decoder.latent_dim() {
+            return Err(Error::LatentMismatch {
+                encoder: encoder.latent_dim(),
+                decoder: decoder.latent_dim(),
+                condition: condition_dim,
+            });
+        }
+        let encoder_shape = encoder.data_shape();
+        let decoder_shape = decoder.data_shape();
+        let groups = likelihood.params_per_element();
+        let mut expected = encoder_shape.clone();
+        let fits = match expected.first_mut() {
+            Some(first) if *first > condition_dim => {
+                *first = (*first - condition_dim) * groups;
+                expected == decoder_shape && (encoder_shape.len() == 1 || encoder_shape.len() == 3)
+            }
+            _ => false,
+        };
+        if !fits {
+            return Err(Error::DataShapeMismatch {
+                encoder: encoder_shape,
+                decoder: decoder_shape,
+                expected,
+                params_per_element: groups,
+            });
+        }
+        Ok(Self {
+            encoder,
+            decoder,
+            likelihood,
+            condition_dim,
+        })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &E {
+        &self.encoder
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &Dec {
+        &self.decoder
+    }
+
+    /// The likelihood p(x|z).
+    pub fn likelihood(&self) -> &Likelihood {
+        &self.likelihood
+    }
+
+    /// Width D of the latent code.
+    pub fn latent_dim(&self) -> usize {
+        self.encoder.latent_dim()
+    }
+
+    /// q(z|x) in evaluation mode.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, …)` → over `(N, D)`.
+    ///
+    /// # Errors
+    /// If `xs` does not fit the encoder.
+    pub fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian> {
+        self.encoder.encode_t(xs, false)
+    }
+
+    /// The decoder's raw output (likelihood parameters) for `z`, evaluation mode.
+    ///
+    /// # Shapes
+    /// `z`: `(N, D)` → the decoder's output, e.g. `(N, P·784)` or `(N, P·C, H, W)`.
+    ///
+    /// # Errors
+    /// If `z` does not fit the decoder.
+    pub fn decode(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        self.decoder.forward_t(z, false)
+    }
+
+    /// E[x|z]: the images a latent code stands for.
+    ///
+    /// # Shapes
+    /// `z`: `(N, D)` → `(N, C·…)` in the decoder's layout without parameter groups.
+    ///
+    /// # Errors
+    /// If `z` does not fit the decoder.
+    pub fn generate(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        self.likelihood.mean(&self.decode(z)?, 1)
+    }
+
+    /// `n` draws z ~ N(0, I) from the prior (in `dtype` on `device`, where the model's
+    /// parameters live), decoded to E[x|z].
+    ///
+    /// # Errors
+    /// If `dtype` or `device` is not the model's.
+    pub fn sample(
+        &self,
+        n: usize,
+        dtype: DType,
+        device: &Device,
+        noise: &mut NoiseSource,
+    ) -> candle_core::Result<Tensor> {
+        let z = noise.standard_normal((n, self.latent_dim()), dtype, device)?;
+        self.generate(&z)
+    }
+
+    /// E[x | z = μ(x)]: the reconstruction at the posterior mean.
+    ///
+    /// # Errors
+    /// If `xs` does not fit the encoder.
+    pub fn reconstruct(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.generate(self.encode(xs)?.mode())
+    }
+
+    /// One forward pass: encode, draw one z per example, decode.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, …)` (or `(N, D)`) → a [`VaeOutput`] with `z` `(N, D)`.
+    ///
+    /// # Errors
+    /// If `xs` does not fit the encoder, or the decoder output does not hold as many
+    /// values as the data with the likelihood's parameters.
+    pub fn forward_t(
+        &self,
+        xs: &Tensor,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        self.run(
+            xs,
+            None,
+            Eps::Draw {
+                samples: None,
+                noise,
+            },
+            train,
+        )
+    }
+
+    /// A forward pass with `k` posterior samples per example (IWAE, importance sampling).
+    ///
+    /// # Shapes
+    /// `xs`: `(N, …)` → `z` `(k, N, D)`, `params` `(k, N, P·C, …)`.
+    ///
+    /// # Errors
+    /// As [`forward_t`](Self::forward_t); also if `k` is 0.
+    pub fn forward_samples_t(
+        &self,
+        xs: &Tensor,
+        k: usize,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        self.run(
+            xs,
+            None,
+            Eps::Draw {
+                samples: Some(k),
+                noise,
+            },
+            train,
+        )
+    }
+
+    /// The deterministic twin of [`forward_t`](Self::forward_t): the noise ε is given.
+    ///
+    /// # Shapes
+    /// `eps`: `(N, D)` or `(K, N, D)`.
+    ///
+    /// # Errors
+    /// As [`forward_t`](Self::forward_t); also if `eps` has the wrong shape.
+    pub fn forward_with_noise_t(
+        &self,
+        xs: &Tensor,
+        eps: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        self.run(xs, None, Eps::Given(eps), train)
+    }
+
+    fn encoder_input(&self, xs: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let Some(cond) = cond else {
+            return Ok(xs.clone());
+        };
+        let n = xs.dim(0)?;
+        if cond.dims() != [n, self.condition_dim] {
+            return Err(Error::shape(
+                "ConditionalVae",
+                format!("a condition of shape ({n}, {})", self.condition_dim),
+                cond.dims(),
+            )
+            .into());
+        }
+        let cond = cond.to_dtype(xs.dtype())?;
+        if self.encoder.data_shape().len() == 1 {
+            Tensor::cat(&[&xs.flatten_from(1)?, &cond], 1)
+        } else {
+            let (_, _, h, w) = xs.dims4()?;
+            let planes = cond.reshape((n, self.condition_dim, 1, 1))?.broadcast_as((
+                n,
+                self.condition_dim,
+                h,
+                w,
+            ))?;
+            Tensor::cat(&[xs, &planes.contiguous()?], 1)
+        }
+    }
+
+    fn run(
+        &self,
+        xs: &Tensor,
+        cond: Option<&Tensor>,
+        eps: Eps<'_>,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        let posterior = self
+            .encoder
+            .encode_t(&self.encoder_input(xs, cond)?, train)?;
+        let z = match eps {
+            Eps::Draw {
+                samples: None,
+                noise,
+            } => posterior.rsample(noise)?,
+            Eps::Draw {
+                samples: Some(k),
+                noise,
+            } => posterior.rsample_n(k, noise)?,
+            Eps::Given(eps) => posterior.rsample_with(eps)?,
+        };
+        let samples = if z.rank() == 3 { Some(z.dim(0)?) } else { None };
+        let flat_z = match samples {
+            Some(k) => z.reshape((k * posterior.mean().dim(0)?, z.dim(D::Minus1)?))?,
+            None => z.clone(),
+        };
+        let decoder_input = match cond {
+            Some(cond) => {
+                let cond = cond.to_dtype(z.dtype())?;
+                let cond = match samples {
+                    Some(k) => cond.unsqueeze(0)?.repeat((k, 1, 1))?.flatten_to(1)?,
+                    None => cond,
+                };
+                Tensor::cat(&[&flat_z, &cond], 1)?
+            }
+            None => flat_z,
+        };
+        let raw = self.decoder.forward_t(&decoder_input, train)?;
+        let params = self.to_data_layout(&raw, xs, samples)?;
+        Ok(VaeOutput {
+            posterior,
+            z,
+            params,
+            likelihood: self.likelihood.clone(),
+        })
+    }
+
+    /// Reshapes the decoder output to `([K,] N, P·C, …)` for data `xs` of shape `(N, C, …)`.
+    fn to_data_layout(
+        &self,
+        raw: &Tensor,
+        xs: &Tensor,
+        samples: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let mut shape: Vec<usize> = samples.into_iter().collect();
+        shape.extend_from_slice(xs.dims());
+        let channel_axis = shape.len() + 1 - xs.rank();
+        if xs.rank() >= 2 {
+            shape[channel_axis] *= self.likelihood.params_per_element();
+        }
+        if raw.elem_count() != shape.iter().product::<usize>() || xs.rank() < 2 {
+            return Err(Error::shape(
+                "Vae::forward_t",
+                format!(
+                    "decoder output with as many values as {shape:?} (data {:?})",
+                    xs.dims()
+                ),
+                raw.dims(),
+            )
+            .into());
+        }
+        raw.reshape(shape)
+    }
+}
+
+/// A conditional VAE (Sohn et al. 2015): a condition y, such as a one-hot label, is
+/// concatenated to the encoder's input and to z, so the model learns p(x|z, y) and
+/// q(z|x, y). The encoder and decoder traits are unchanged: the parts are built wider.
+///
+/// * MLP encoder: `input_dim = data width + K`; the condition is appended to the flattened
+///   example.
+/// * Convolutional encoder: `image.channels = C + K`; the condition is broadcast to K
+///   constant planes.
+/// * Decoder: `latent_dim = D + K`.
+///
+/// ```
+/// # use candle_vae::*;
+/// # use candle_core::{DType, Device, Tensor};
+/// let params = ParamStore::new(0);
+/// let vb = params.var_builder(DType::F32, &Device::Cpu);
+/// let (data, labels, latent) = (6, 3, 2);
+/// let enc = MlpEncoder::new(&MlpEncoderConfig::new(data + labels, &[8], latent), vb.pp("enc"))?;
+/// let dec = MlpDecoder::new(&MlpDecoderConfig::new(latent + labels, &[8], data), vb.pp("dec"))?;
+/// let cvae = ConditionalVae::new(enc, dec, Likelihood::Bernoulli, labels)?;
+/// let xs = Tensor::ones((4, data), DType::F32, &Device::Cpu)?;
+/// let ys = candle_nn::encoding::one_hot(Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu)?, labels, 1f32, 0f32)?;
+/// let out = cvae.forward_t(&xs, &ys, &mut NoiseSource::new(1), true)?;
+/// assert_eq!(out.params.dims(), &[4, data]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConditionalVae<E, D> {
+    inner: Vae<E, D>,
+}
+
+impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
+    /// Composes a conditional VAE for conditions of width `condition_dim`.
+    ///
+    /// # Errors
+    /// As [`Vae::new`], with the condition's width taken into account; also if
+    /// `condition_dim` is 0.
+    pub fn new(
+        encoder: E,
+        decoder: Dec,
+        likelihood: Likelihood,
+        condition_dim: usize,
+    ) -> crate::Result<Self> {
+        crate::error::ensure(
+            condition_dim > 0,
+            "ConditionalVae",
+            "condition_dim",
+            condition_dim,
+            "must be > 0",
+        )?;
+        Ok(Self {
+            inner: Vae::build(encoder, decoder, likelihood, condition_dim)?,
+        })
+    }
+
+    /// Width K of the condition.
+    pub fn condition_dim(&self) -> usize {
+        self.inner.condition_dim
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &E {
+        &self.inner.encoder
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &Dec {
+        &self.inner.decoder
+    }
+
+    /// The likelihood p(x|z, y).
+    pub fn likelihood(&self) -> &Likelihood {
+        &self.inner.likelihood
+    }
+
+    /// Width D of the latent code (without the condition).
+    pub fn latent_dim(&self) -> usize {
+        self.inner.latent_dim()
+    }
+
+    /// q(z|x, y) in evaluation mode.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, …)`, `cond`: `(N, K)` → over `(N, D)`.
+    ///
+    /// # Errors
+    /// If the shapes do not fit.
+    pub fn encode(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<DiagonalGaussian> {
+        self.inner
+            .encoder
+            .encode_t(&self.inner.encoder_input(xs, Some(cond))?, false)
+    }
+
+    /// E[x|z, y].
+    ///
+    /// # Shapes
+    /// `z`: `(N, D)`, `cond`: `(N, K)` → the decoder's layout without parameter groups.
+    ///
+    /// # Errors
+    /// If the shapes do not fit.
+    pub fn generate(&self, z: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        let input = Tensor::cat(&[z, &cond.to_dtype(z.dtype())?], 1)?;
+        self.inner
+            .likelihood
+            .mean(&self.inner.decoder.forward_t(&input, false)?, 1)
+    }
+
+    /// One prior draw z ~ N(0, I) per row of `cond`, decoded to E[x|z, y].
+    ///
+    /// # Errors
+    /// If `cond` is not `(N, K)` on the model's device.
+    pub fn sample(&self, cond: &Tensor, noise: &mut NoiseSource) -> candle_core::Result<Tensor> {
+        let z = noise.standard_normal(
+            (cond.dim(0)?, self.latent_dim()),
+            cond.dtype(),
+            cond.device(),
+        )?;
+        self.generate(&z, cond)
+    }
+
+    /// E[x | z = μ(x, y), y].
+    ///
+    /// # Errors
+    /// If the shapes do not fit.
+    pub fn reconstruct(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
+        self.generate(self.encode(xs, cond)?.mode(), cond)
+    }
+
+    /// One forward pass with one z per example.
+    ///
+    /// # Shapes
+    /// `xs`: `(N, C, …)`, `cond`: `(N, K)` → a [`VaeOutput`] with `z` `(N, D)`.
+    ///
+    /// # Errors
+    /// If the shapes do not fit.
+    pub fn forward_t(
+        &self,
+        xs: &Tensor,
+        cond: &Tensor,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        self.inner.run(
+            xs,
+            Some(cond),
+            Eps::Draw {
+                samples: None,
+                noise,
+            },
+            train,
+        )
+    }
+
+    /// A forward pass with `k` samples per example.
+    ///
+    /// # Errors
+    /// If the shapes do not fit or `k` is 0.
+    pub fn forward_samples_t(
+        &self,
+        xs: &Tensor,
+        cond: &Tensor,
+        k: usize,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        self.inner.run(
+            xs,
+            Some(cond),
+            Eps::Draw {
+                samples: Some(k),
+                noise,
+            },
+            train,
+        )
+    }
+
+    /// The deterministic twin of [`forward_t`](Self::forward_t).
+    ///
+    /// # Errors
+    /// If the shapes do not fit.
+    pub fn forward_with_noise_t(
+        &self,
+        xs: &Tensor,
+        cond: &Tensor,
+        eps: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        self.inner.run(xs, Some(cond), Eps::Given(eps), train)
+    }
+}
