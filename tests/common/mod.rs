@@ -219,3 +219,54 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An MLP VAE `input → hidden → latent → hidden → input` (ReLU) in `dtype`, its parameters
+/// under `enc.` and `dec.` in `store`.
+pub fn mlp_vae(
+    store: &candle_vae::ParamStore,
+    input: usize,
+    hidden: &[usize],
+    latent: usize,
+    likelihood: candle_vae::Likelihood,
+    dtype: DType,
+) -> Result<candle_vae::Vae<candle_vae::MlpEncoder, candle_vae::MlpDecoder>> {
+    use candle_vae::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, Vae};
+    let vb = store.var_builder(dtype, &CPU);
+    let enc = MlpEncoder::new(&MlpEncoderConfig::new(input, hidden, latent), vb.pp("enc"))?;
+    let dec = MlpDecoder::new(
+        &MlpDecoderConfig::new(latent, hidden, input)
+            .with_params_per_element(likelihood.params_per_element()),
+        vb.pp("dec"),
+    )?;
+    Ok(Vae::new(enc, dec, likelihood)?)
+}
+
+/// `count` random binary vectors of width `dim` (each bit a fair coin), from `seed`.
+pub fn binary_prototypes(count: usize, dim: usize, seed: u64) -> Result<Vec<Vec<f64>>> {
+    let u = values(&candle_vae::NoiseSource::new(seed).uniform((count, dim), DType::F64, &CPU)?)?;
+    Ok(u.chunks(dim)
+        .map(|row| row.iter().map(|&v| if v < 0.5 { 0.0 } else { 1.0 }).collect())
+        .collect())
+}
+
+/// Every parameter's current values by name, for before/after comparisons.
+pub fn snapshot(store: &candle_vae::ParamStore) -> Result<Vec<(String, Vec<f64>)>> {
+    store
+        .named_vars()?
+        .into_iter()
+        .map(|(name, var)| Ok((name, values(var.as_tensor())?)))
+        .collect()
+}
+
+/// Fails unless two snapshots are bit-identical.
+pub fn assert_same_snapshot(what: &str, a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]) -> Result<()> {
+    ensure!(a.len() == b.len(), "{what}: {} vs {} tensors", a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        ensure!(na == nb, "{what}: tensor {na} vs {nb}");
+        ensure!(
+            va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: tensor {na} differs"
+        );
+    }
+    Ok(())
+}
