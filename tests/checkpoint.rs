@@ -13,7 +13,10 @@ use candle_vae::{
     MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, NoiseState, ParamStore, Reduction,
     Vae,
 };
-use common::{CPU, TempDir, assert_all_close, assert_bit_identical, assert_close, assert_same_snapshot, mlp_vae, scalar, snapshot, tensor, values};
+use common::{
+    CPU, TempDir, assert_all_close, assert_bit_identical, assert_close, assert_same_snapshot,
+    mlp_vae, scalar, snapshot, tensor, values,
+};
 
 type MlpVae = Vae<MlpEncoder, MlpDecoder>;
 
@@ -52,7 +55,10 @@ fn save_load_round_trip_gives_identical_outputs() -> Result<()> {
         assert_bit_identical(&format!("output {i}"), a, &b)?;
     }
     // The fresh model really started elsewhere.
-    ensure!(values(&before[0])? != values(&outputs(&vae)?[0])?, "seeds 1 and 2 gave the same model");
+    ensure!(
+        values(&before[0])? != values(&outputs(&vae)?[0])?,
+        "seeds 1 and 2 gave the same model"
+    );
     // Metadata comes back too.
     let config: MlpEncoderConfig = loaded.json("encoder")?;
     assert_eq!(&config, vae.encoder().config());
@@ -78,7 +84,12 @@ fn wrong_shape_is_an_error_naming_the_tensor_and_changes_nothing() -> Result<()>
     let (target, _) = model(2)?;
     let before = snapshot(&target)?;
     match Checkpoint::load(&path, &CPU)?.restore(&target) {
-        Err(Error::TensorShape { path: p, name, expected, found }) => {
+        Err(Error::TensorShape {
+            path: p,
+            name,
+            expected,
+            found,
+        }) => {
             assert_eq!(name, LAST);
             assert_eq!(expected, vec![3, 8]);
             assert_eq!(found, vec![3, 7]);
@@ -86,9 +97,15 @@ fn wrong_shape_is_an_error_naming_the_tensor_and_changes_nothing() -> Result<()>
         }
         other => bail!("expected Error::TensorShape, got {other:?}"),
     }
-    let err = Checkpoint::load(&path, &CPU)?.restore(&target).err().ok_or_else(|| anyhow::anyhow!("no error"))?;
+    let err = Checkpoint::load(&path, &CPU)?
+        .restore(&target)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("no error"))?;
     let msg = err.to_string();
-    ensure!(msg.contains(LAST) && msg.contains("[3, 7]") && msg.contains("[3, 8]"), "message: {msg}");
+    ensure!(
+        msg.contains(LAST) && msg.contains("[3, 7]") && msg.contains("[3, 8]"),
+        "message: {msg}"
+    );
     assert_same_snapshot("store after a failed restore", &before, &snapshot(&target)?)?;
     Ok(())
 }
@@ -107,7 +124,10 @@ fn missing_tensor_is_an_error_naming_it_and_changes_nothing() -> Result<()> {
     partial.save(&path)?;
     let (target, _) = model(2)?;
     let before = snapshot(&target)?;
-    let err = Checkpoint::load(&path, &CPU)?.restore(&target).err().ok_or_else(|| anyhow::anyhow!("no error"))?;
+    let err = Checkpoint::load(&path, &CPU)?
+        .restore(&target)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("no error"))?;
     ensure!(err.to_string().contains(LAST), "message: {err}");
     match err {
         Error::MissingTensor { name, path: p } => {
@@ -183,13 +203,19 @@ fn optimizer_and_noise_state_resume_training_bit_for_bit() -> Result<()> {
     };
     let (rest, params) = resume(true)?;
     let resumed: Vec<u32> = first.into_iter().chain(rest).collect();
-    ensure!(resumed == straight, "resumed losses differ:\n{resumed:?}\n{straight:?}");
+    ensure!(
+        resumed == straight,
+        "resumed losses differ:\n{resumed:?}\n{straight:?}"
+    );
     assert_same_snapshot("parameters after 5 + 5 steps", &params, &straight_params)?;
 
     // Without the optimiser state (fresh moments, step 0) the run diverges at once: the
     // state is what makes the match.
     let (rest, _) = resume(false)?;
-    ensure!(rest[1] != straight[6], "resuming without Adam state matched anyway");
+    ensure!(
+        rest[1] != straight[6],
+        "resuming without Adam state matched anyway"
+    );
     Ok(())
 }
 
@@ -198,13 +224,21 @@ fn adam_load_state_rejects_incomplete_state() -> Result<()> {
     let (store, _) = model(1)?;
     let mut opt = Adam::from_store(&store, AdamConfig::default())?;
     // No step counts in the metadata.
-    ensure!(matches!(opt.load_state(&Checkpoint::from_params(&store)?), Err(Error::Metadata { .. })));
+    ensure!(matches!(
+        opt.load_state(&Checkpoint::from_params(&store)?),
+        Err(Error::Metadata { .. })
+    ));
     // A moment with the wrong shape is named.
     let mut checkpoint = Checkpoint::new();
     opt.save_state(&mut checkpoint)?;
-    checkpoint.insert(format!("optimizer.adam.m.{LAST}"), Tensor::zeros(2, DType::F32, &CPU)?);
+    checkpoint.insert(
+        format!("optimizer.adam.m.{LAST}"),
+        Tensor::zeros(2, DType::F32, &CPU)?,
+    );
     match opt.load_state(&checkpoint) {
-        Err(Error::TensorShape { name, .. }) => assert_eq!(name, format!("optimizer.adam.m.{LAST}")),
+        Err(Error::TensorShape { name, .. }) => {
+            assert_eq!(name, format!("optimizer.adam.m.{LAST}"))
+        }
         other => bail!("expected Error::TensorShape, got {other:?}"),
     }
     Ok(())
@@ -228,8 +262,14 @@ fn save_is_atomic_and_replaces_existing_files() -> Result<()> {
     assert_eq!(dir.entries()?, vec!["ckpt.safetensors".to_string()]);
     let loaded = Checkpoint::load(&path, &CPU)?;
     assert_eq!(loaded.metadata("version"), Some("2"));
-    ensure!(loaded.tensor("a").is_none(), "old tensor survived the replace");
-    assert_eq!(values(loaded.tensor("b").ok_or_else(|| anyhow::anyhow!("no b"))?)?, vec![3.0]);
+    ensure!(
+        loaded.tensor("a").is_none(),
+        "old tensor survived the replace"
+    );
+    assert_eq!(
+        values(loaded.tensor("b").ok_or_else(|| anyhow::anyhow!("no b"))?)?,
+        vec![3.0]
+    );
 
     // Saving into a missing directory fails with an I/O error naming the target and
     // leaves nothing behind.
@@ -301,12 +341,32 @@ const MU: [f64; 4] = [1.34913623, -4.39252377, 1.38318264, -4.37646675];
 const LOGVAR: [f64; 4] = [-4.44587994, 1.71022546, -4.44452, 1.66841912];
 const Z: [f64; 4] = [1.45742655, -2.59389067, 1.40160096, -5.53912354];
 const LOGITS: [f64; 12] = [
-    -1.24185514, -1.38412774, 0.558894575, -0.735697508, -2.08585954, 0.0937722921, -1.71218085,
-    -1.37746048, 1.02554536, -0.999573529, -2.40706706, 0.534691453,
+    -1.24185514,
+    -1.38412774,
+    0.558894575,
+    -0.735697508,
+    -2.08585954,
+    0.0937722921,
+    -1.71218085,
+    -1.37746048,
+    1.02554536,
+    -0.999573529,
+    -2.40706706,
+    0.534691453,
 ];
 const RECON: [f64; 12] = [
-    0.224113226, 0.200346902, 0.636196733, 0.323945701, 0.110478818, 0.523425937, 0.152881071,
-    0.201417178, 0.736051381, 0.269025266, 0.0826353803, 0.63057667,
+    0.224113226,
+    0.200346902,
+    0.636196733,
+    0.323945701,
+    0.110478818,
+    0.523425937,
+    0.152881071,
+    0.201417178,
+    0.736051381,
+    0.269025266,
+    0.0826353803,
+    0.63057667,
 ];
 const BCE: f64 = 11.4203606;
 const KLD: f64 = 27.2751484;
@@ -327,7 +387,9 @@ const TORCH_TENSORS: [(&str, &[usize]); 10] = [
 
 /// The f32 values rounded from f64 `scale · sin(step · j + phase)`, j = 0, 1, …
 fn sin_values(count: usize, scale: f64, step: f64, phase: f64) -> Vec<f32> {
-    (0..count).map(|j| (scale * (step * j as f64 + phase).sin()) as f32).collect()
+    (0..count)
+        .map(|j| (scale * (step * j as f64 + phase).sin()) as f32)
+        .collect()
 }
 
 /// Golden values are printed to 9 significant digits (f32 round-trip precision), and
@@ -366,8 +428,12 @@ fn pytorch_state_dict_loads_and_matches_pytorch_outputs() -> Result<()> {
     Checkpoint::load(&path, &CPU)?.restore(&store)?;
     let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
 
-    let x: Vec<f64> = (0..12).map(|n| (((1.3 * n as f64).sin() + 1.0) / 2.0) as f32 as f64).collect();
-    let eps: Vec<f64> = (0..4).map(|n| (0.7 * n as f64).cos() as f32 as f64).collect();
+    let x: Vec<f64> = (0..12)
+        .map(|n| (((1.3 * n as f64).sin() + 1.0) / 2.0) as f32 as f64)
+        .collect();
+    let eps: Vec<f64> = (0..4)
+        .map(|n| (0.7 * n as f64).cos() as f32 as f64)
+        .collect();
     let xs = tensor(&x, &[2, 6])?.to_dtype(DType::F32)?;
     let eps = tensor(&eps, &[2, 2])?.to_dtype(DType::F32)?;
     let check = |what: &str, got: &[f64], want: &[f64]| -> Result<()> {
@@ -383,15 +449,30 @@ fn pytorch_state_dict_loads_and_matches_pytorch_outputs() -> Result<()> {
     let out = vae.forward_with_noise_t(&xs, &eps, false)?;
     check("z", &values(&out.z)?, &Z)?;
     check("logits", &values(&out.params)?, &LOGITS)?;
-    check("decoder(z)", &values(&vae.decoder().forward(&out.z)?)?, &LOGITS)?;
+    check(
+        "decoder(z)",
+        &values(&vae.decoder().forward(&out.z)?)?,
+        &LOGITS,
+    )?;
     check("recon", &values(&vae.generate(&out.z)?)?, &RECON)?;
     // The example's loss_function (BCE summed over the batch + KLD) is Reduction::Sum.
-    let elbo = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?.forward(&out, &xs)?;
+    let elbo = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?
+        .forward(&out, &xs)?;
     assert_close("BCE", scalar(&elbo.reconstruction)?, BCE, golden_tol(BCE))?;
     assert_close("KLD", scalar(&elbo.kl)?, KLD, golden_tol(KLD))?;
-    assert_close("loss", scalar(&elbo.loss)?, BCE + KLD, golden_tol(BCE + KLD))?;
+    assert_close(
+        "loss",
+        scalar(&elbo.loss)?,
+        BCE + KLD,
+        golden_tol(BCE + KLD),
+    )?;
     // PyTorch prints the loss divided by the dataset size: that is Reduction::BatchMean.
     let mean = ElboLoss::new(ElboLossConfig::default())?.forward(&out, &xs)?;
-    assert_all_close("mean loss", &[scalar(&mean.loss)?], &[(BCE + KLD) / 2.0], golden_tol(BCE))?;
+    assert_all_close(
+        "mean loss",
+        &[scalar(&mean.loss)?],
+        &[(BCE + KLD) / 2.0],
+        golden_tol(BCE),
+    )?;
     Ok(())
 }

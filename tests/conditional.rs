@@ -7,21 +7,43 @@ mod common;
 use anyhow::{Result, ensure};
 use candle_core::{DType, Module, Tensor};
 use candle_vae::{
-    Adam, AdamConfig, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
-    ElboLoss, ElboLossConfig, Encoder, ImageShape, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
+    Adam, AdamConfig, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
+    ConvEncoderConfig, ElboLoss, ElboLossConfig, Encoder, ImageShape, Likelihood, MlpDecoder,
+    MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
 };
 use common::{CPU, assert_bit_identical, binary_prototypes, mlp_vae, scalar, tensor, values};
 
 fn one_hot(labels: &[u32], classes: usize) -> Result<Tensor> {
-    Ok(candle_nn::encoding::one_hot(Tensor::new(labels, &CPU)?, classes, 1f32, 0f32)?)
+    Ok(candle_nn::encoding::one_hot(
+        Tensor::new(labels, &CPU)?,
+        classes,
+        1f32,
+        0f32,
+    )?)
 }
 
-fn mlp_cvae(store: &ParamStore, data: usize, labels: usize, latent: usize, hidden: usize) -> Result<ConditionalVae<MlpEncoder, MlpDecoder>> {
+fn mlp_cvae(
+    store: &ParamStore,
+    data: usize,
+    labels: usize,
+    latent: usize,
+    hidden: usize,
+) -> Result<ConditionalVae<MlpEncoder, MlpDecoder>> {
     let vb = store.var_builder(DType::F32, &CPU);
-    let enc = MlpEncoder::new(&MlpEncoderConfig::new(data + labels, &[hidden], latent), vb.pp("enc"))?;
-    let dec = MlpDecoder::new(&MlpDecoderConfig::new(latent + labels, &[hidden], data), vb.pp("dec"))?;
-    Ok(ConditionalVae::new(enc, dec, Likelihood::Bernoulli, labels)?)
+    let enc = MlpEncoder::new(
+        &MlpEncoderConfig::new(data + labels, &[hidden], latent),
+        vb.pp("enc"),
+    )?;
+    let dec = MlpDecoder::new(
+        &MlpDecoderConfig::new(latent + labels, &[hidden], data),
+        vb.pp("dec"),
+    )?;
+    Ok(ConditionalVae::new(
+        enc,
+        dec,
+        Likelihood::Bernoulli,
+        labels,
+    )?)
 }
 
 #[test]
@@ -47,18 +69,28 @@ fn mlp_cvae_shapes_and_condition_paths() -> Result<()> {
     let direct = cvae.encoder().encode(&Tensor::cat(&[&xs, &ys], 1)?)?;
     assert_bit_identical("q(z|x,y) mean", q.mean(), direct.mean())?;
     assert_bit_identical("q(z|x,y) log_var", q.log_var(), direct.log_var())?;
-    ensure!(values(q.mean())? != values(cvae.encode(&xs, &other)?.mean())?, "the label does not reach the encoder");
+    ensure!(
+        values(q.mean())? != values(cvae.encode(&xs, &other)?.mean())?,
+        "the label does not reach the encoder"
+    );
     // Decoder: E[x|z, y] is σ(decoder([z, y])).
     let z = NoiseSource::new(4).standard_normal((5, 2), DType::F32, &CPU)?;
     let generated = cvae.generate(&z, &ys)?;
     let direct = candle_nn::ops::sigmoid(&cvae.decoder().forward(&Tensor::cat(&[&z, &ys], 1)?)?)?;
     assert_bit_identical("E[x|z,y]", &generated, &direct)?;
-    ensure!(values(&generated)? != values(&cvae.generate(&z, &other)?)?, "the label does not reach the decoder");
+    ensure!(
+        values(&generated)? != values(&cvae.generate(&z, &other)?)?,
+        "the label does not reach the decoder"
+    );
     // The deterministic forward pass: z = μ(x, y) + σ(x, y)·ε, params = decoder([z, y]).
     let eps = NoiseSource::new(5).standard_normal((5, 2), DType::F32, &CPU)?;
     let out = cvae.forward_with_noise_t(&xs, &ys, &eps, false)?;
     assert_bit_identical("z", &out.z, &q.rsample_with(&eps)?)?;
-    assert_bit_identical("params", &out.params, &cvae.decoder().forward(&Tensor::cat(&[&out.z, &ys], 1)?)?)?;
+    assert_bit_identical(
+        "params",
+        &out.params,
+        &cvae.decoder().forward(&Tensor::cat(&[&out.z, &ys], 1)?)?,
+    )?;
     Ok(())
 }
 
@@ -72,7 +104,10 @@ fn conv_cvae_shapes_and_condition_paths() -> Result<()> {
         &ConvEncoderConfig::new(ImageShape::new(1 + labels, 8, 6), &[4, 8], latent).with_hidden(16),
         vb.pp("enc"),
     )?;
-    let dec = ConvDecoder::new(&ConvDecoderConfig::new(latent + labels, image, &[4, 8]).with_hidden(16), vb.pp("dec"))?;
+    let dec = ConvDecoder::new(
+        &ConvDecoderConfig::new(latent + labels, image, &[4, 8]).with_hidden(16),
+        vb.pp("dec"),
+    )?;
     let cvae = ConditionalVae::new(enc, dec, Likelihood::ContinuousBernoulli, labels)?;
     let xs = NoiseSource::new(2).uniform((4, 1, 8, 6), DType::F32, &CPU)?;
     let ys = one_hot(&[0, 1, 2, 1], labels)?;
@@ -88,15 +123,24 @@ fn conv_cvae_shapes_and_condition_paths() -> Result<()> {
     assert_eq!(cvae.reconstruct(&xs, &ys)?.dims(), &[4, 1, 8, 6]);
 
     // Encoder input: the image with one constant plane per condition entry.
-    let planes = ys.reshape((4, labels, 1, 1))?.broadcast_as((4, labels, 8, 6))?.contiguous()?;
+    let planes = ys
+        .reshape((4, labels, 1, 1))?
+        .broadcast_as((4, labels, 8, 6))?
+        .contiguous()?;
     let q = cvae.encode(&xs, &ys)?;
     let direct = cvae.encoder().encode(&Tensor::cat(&[&xs, &planes], 1)?)?;
     assert_bit_identical("conv q mean", q.mean(), direct.mean())?;
-    ensure!(values(q.mean())? != values(cvae.encode(&xs, &other)?.mean())?, "the label does not reach the conv encoder");
+    ensure!(
+        values(q.mean())? != values(cvae.encode(&xs, &other)?.mean())?,
+        "the label does not reach the conv encoder"
+    );
     let z = NoiseSource::new(4).standard_normal((4, 2), DType::F32, &CPU)?;
     let g = cvae.generate(&z, &ys)?;
     assert_eq!(g.dims(), &[4, 1, 8, 6]);
-    ensure!(values(&g)? != values(&cvae.generate(&z, &other)?)?, "the label does not reach the conv decoder");
+    ensure!(
+        values(&g)? != values(&cvae.generate(&z, &other)?)?,
+        "the label does not reach the conv decoder"
+    );
     Ok(())
 }
 
@@ -105,8 +149,13 @@ fn cvae_beats_every_unconditional_model_when_the_label_determines_x() -> Result<
     // x is one of 4 random 16-bit prototypes, chosen by the label; 16 examples per label.
     let (classes, width, per_class) = (4, 16, 16);
     let protos = binary_prototypes(classes, width, 31)?;
-    let labels: Vec<u32> = (0..classes * per_class).map(|i| (i % classes) as u32).collect();
-    let rows: Vec<f64> = labels.iter().flat_map(|&l| protos[l as usize].clone()).collect();
+    let labels: Vec<u32> = (0..classes * per_class)
+        .map(|i| (i % classes) as u32)
+        .collect();
+    let rows: Vec<f64> = labels
+        .iter()
+        .flat_map(|&l| protos[l as usize].clone())
+        .collect();
     let xs = tensor(&rows, &[labels.len(), width])?.to_dtype(DType::F32)?;
     let ys = one_hot(&labels, classes)?;
 
@@ -130,7 +179,13 @@ fn cvae_beats_every_unconditional_model_when_the_label_determines_x() -> Result<
         let out = cvae.forward_t(&xs, &ys, &mut noise, true)?;
         opt.backward_step(&loss.forward(&out, &xs)?.loss)?;
     }
-    let cvae_loss = average(&mut |n| scalar(&loss.forward(&cvae.forward_t(&xs, &ys, n, false)?, &xs)?.loss))?;
+    let cvae_loss = average(&mut |n| {
+        scalar(
+            &loss
+                .forward(&cvae.forward_t(&xs, &ys, n, false)?, &xs)?
+                .loss,
+        )
+    })?;
 
     let store = ParamStore::new(7);
     let vae = mlp_vae(&store, width, &[32], 2, Likelihood::Bernoulli, DType::F32)?;
@@ -140,7 +195,8 @@ fn cvae_beats_every_unconditional_model_when_the_label_determines_x() -> Result<
         let out = vae.forward_t(&xs, &mut noise, true)?;
         opt.backward_step(&loss.forward(&out, &xs)?.loss)?;
     }
-    let vae_loss = average(&mut |n| scalar(&loss.forward(&vae.forward_t(&xs, n, false)?, &xs)?.loss))?;
+    let vae_loss =
+        average(&mut |n| scalar(&loss.forward(&vae.forward_t(&xs, n, false)?, &xs)?.loss))?;
 
     // Any unconditional model of these balanced data has mean −log p(x) ≥ H = ln 4
     // (Gibbs' inequality; the Bernoulli likelihood is a pmf on {0,1}¹⁶), and −ELBO ≥
@@ -148,7 +204,10 @@ fn cvae_beats_every_unconditional_model_when_the_label_determines_x() -> Result<
     // bound every unconditional model obeys by 0.5 nats. (Seen on these seeds: CVAE 0.008,
     // VAE 2.17.)
     let bound = (classes as f64).ln();
-    ensure!(vae_loss >= bound, "unconditional −ELBO {vae_loss:.3} below ln 4: the loss is wrong");
+    ensure!(
+        vae_loss >= bound,
+        "unconditional −ELBO {vae_loss:.3} below ln 4: the loss is wrong"
+    );
     ensure!(
         cvae_loss < bound - 0.5,
         "CVAE −ELBO {cvae_loss:.3} is not 0.5 nats below ln 4 = {bound:.3} (VAE reached {vae_loss:.3})"

@@ -4,7 +4,10 @@ mod common;
 
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
-use candle_vae::{Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore};
+use candle_vae::{
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
+    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
+};
 use common::{CPU, assert_same_snapshot, mlp_vae, snapshot};
 
 /// 20 Adam steps of a small VAE on a fixed batch: the loss after every step (as bits) and
@@ -31,7 +34,10 @@ fn train(param_seed: u64, noise_seed: u64) -> Result<(Vec<u32>, Vec<(String, Vec
 fn same_seeds_give_bit_identical_losses_over_20_steps() -> Result<()> {
     let (a, pa) = train(1, 2)?;
     let (b, pb) = train(1, 2)?;
-    ensure!(a == b, "losses differ between identical runs:\n{a:?}\n{b:?}");
+    ensure!(
+        a == b,
+        "losses differ between identical runs:\n{a:?}\n{b:?}"
+    );
     assert_same_snapshot("final parameters", &pa, &pb)?;
     // The run does train (the loss moves), so identical losses are not a constant.
     ensure!(a.first() != a.last(), "the loss never changed");
@@ -45,10 +51,22 @@ fn different_seeds_give_different_runs() -> Result<()> {
     let (other_noise, _) = train(1, 4)?;
     // A different initialisation changes the very first loss; different noise changes
     // the first z, hence the first loss too.
-    ensure!(base[0] != other_params[0], "parameter seed has no effect on step 0");
-    ensure!(base[0] != other_noise[0], "noise seed has no effect on step 0");
-    ensure!(base.iter().zip(&other_params).all(|(a, b)| a != b), "runs with different parameter seeds coincide at some step");
-    ensure!(base.iter().zip(&other_noise).all(|(a, b)| a != b), "runs with different noise seeds coincide at some step");
+    ensure!(
+        base[0] != other_params[0],
+        "parameter seed has no effect on step 0"
+    );
+    ensure!(
+        base[0] != other_noise[0],
+        "noise seed has no effect on step 0"
+    );
+    ensure!(
+        base.iter().zip(&other_params).all(|(a, b)| a != b),
+        "runs with different parameter seeds coincide at some step"
+    );
+    ensure!(
+        base.iter().zip(&other_noise).all(|(a, b)| a != b),
+        "runs with different noise seeds coincide at some step"
+    );
     Ok(())
 }
 
@@ -66,8 +84,16 @@ fn initial_weights_do_not_depend_on_build_order() -> Result<()> {
     assert_same_snapshot("build order", &snapshot(&a)?, &snapshot(&b)?)?;
     // And distinct tensors get distinct streams (no two weight matrices alike).
     let snap = snapshot(&a)?;
-    let w1 = &snap.iter().find(|(n, _)| n == "enc.fc21.weight").ok_or_else(|| anyhow::anyhow!("no fc21"))?.1;
-    let w2 = &snap.iter().find(|(n, _)| n == "enc.fc22.weight").ok_or_else(|| anyhow::anyhow!("no fc22"))?.1;
+    let w1 = &snap
+        .iter()
+        .find(|(n, _)| n == "enc.fc21.weight")
+        .ok_or_else(|| anyhow::anyhow!("no fc21"))?
+        .1;
+    let w2 = &snap
+        .iter()
+        .find(|(n, _)| n == "enc.fc22.weight")
+        .ok_or_else(|| anyhow::anyhow!("no fc22"))?
+        .1;
     ensure!(w1 != w2, "fc21 and fc22 initialised identically");
     Ok(())
 }

@@ -79,7 +79,12 @@ fn kl_between_diagonal_gaussians_matches_closed_form() -> Result<()> {
     let expected: Vec<f64> = (0..12)
         .map(|i| kl_1d(mq[i], sq[i].exp(), mp[i], sp[i].exp()))
         .collect();
-    assert_all_close("kl_per_dim", &values(&q.kl_per_dim(&p)?)?, &expected, F64_TOL)?;
+    assert_all_close(
+        "kl_per_dim",
+        &values(&q.kl_per_dim(&p)?)?,
+        &expected,
+        F64_TOL,
+    )?;
     let kl = q.kl(&p)?;
     assert_eq!(kl.dims(), &[3]);
     let sums: Vec<f64> = expected.chunks(4).map(|c| c.iter().sum()).collect();
@@ -94,7 +99,9 @@ fn kl_between_diagonal_gaussians_matches_closed_form() -> Result<()> {
 fn kl_to_standard_normal_matches_closed_form_and_general_kl() -> Result<()> {
     let (mq, sq) = q_params();
     let q = gaussian(&mq, &sq)?;
-    let expected: Vec<f64> = (0..12).map(|i| kl_1d(mq[i], sq[i].exp(), 0.0, 1.0)).collect();
+    let expected: Vec<f64> = (0..12)
+        .map(|i| kl_1d(mq[i], sq[i].exp(), 0.0, 1.0))
+        .collect();
     assert_all_close(
         "kl_standard_normal_per_dim",
         &values(&q.kl_standard_normal_per_dim()?)?,
@@ -102,7 +109,12 @@ fn kl_to_standard_normal_matches_closed_form_and_general_kl() -> Result<()> {
         F64_TOL,
     )?;
     let sums: Vec<f64> = expected.chunks(4).map(|c| c.iter().sum()).collect();
-    assert_all_close("kl_standard_normal", &values(&q.kl_standard_normal()?)?, &sums, F64_TOL)?;
+    assert_all_close(
+        "kl_standard_normal",
+        &values(&q.kl_standard_normal()?)?,
+        &sums,
+        F64_TOL,
+    )?;
     // The specialised formula agrees with the general one against N(0, I).
     let prior = DiagonalGaussian::standard(3, 4, DType::F64, &CPU)?;
     assert_all_close("kl(q, N(0,I))", &values(&q.kl(&prior)?)?, &sums, F64_TOL)?;
@@ -114,7 +126,10 @@ fn kl_is_exactly_zero_at_the_prior() -> Result<()> {
     for dtype in [DType::F32, DType::F64] {
         let prior = DiagonalGaussian::standard(5, 7, dtype, &CPU)?;
         for v in values(&prior.kl_standard_normal_per_dim()?)? {
-            anyhow::ensure!(v == 0.0, "{dtype:?}: KL(N(0,I) ‖ N(0,I)) per dim = {v:e}, not 0");
+            anyhow::ensure!(
+                v == 0.0,
+                "{dtype:?}: KL(N(0,I) ‖ N(0,I)) per dim = {v:e}, not 0"
+            );
         }
         for v in values(&prior.kl(&prior)?)? {
             anyhow::ensure!(v == 0.0, "{dtype:?}: kl(N(0,I), N(0,I)) = {v:e}, not 0");
@@ -146,7 +161,13 @@ fn kl_agrees_with_monte_carlo_estimate() -> Result<()> {
     for (other, name, seed) in [(&p, "KL(q‖p)", 1), (&prior, "KL(q‖N(0,I))", 2)] {
         let closed = values(&q.kl(other)?)?;
         for (row, (mean, se)) in mc_kl(&q, other, seed)?.into_iter().enumerate() {
-            assert_within_se(&format!("{name} row {row}"), mean, se, closed[row], SE_MULTIPLE)?;
+            assert_within_se(
+                &format!("{name} row {row}"),
+                mean,
+                se,
+                closed[row],
+                SE_MULTIPLE,
+            )?;
         }
     }
     Ok(())
@@ -157,7 +178,12 @@ fn log_prob_matches_hand_computed_values() -> Result<()> {
     // log N(0; 0, 1) = −½ ln 2π, to 16 digits.
     let std_normal = DiagonalGaussian::standard(1, 1, DType::F64, &CPU)?;
     let at_zero = values(&std_normal.log_prob(&tensor(&[0.0], &[1, 1])?)?)?;
-    assert_close("log N(0;0,1)", at_zero[0], -0.918_938_533_204_672_7, F64_TOL)?;
+    assert_close(
+        "log N(0;0,1)",
+        at_zero[0],
+        -0.918_938_533_204_672_7,
+        F64_TOL,
+    )?;
     // log N(2; 1, 4) = −¼·½ − ln 2 − ½ ln 2π = −1.737085713764618.
     let q = DiagonalGaussian::new(tensor(&[1.0], &[1, 1])?, tensor(&[4f64.ln()], &[1, 1])?)?;
     let v = values(&q.log_prob(&tensor(&[2.0], &[1, 1])?)?)?;
@@ -171,7 +197,12 @@ fn log_prob_matches_hand_computed_values() -> Result<()> {
         .map(|i| log_density_1d(z[i], mq[i % 12], sq[i % 12].exp()))
         .collect();
     let zt = tensor(&z, &[2, 3, 4])?;
-    assert_all_close("log_prob_per_dim", &values(&q.log_prob_per_dim(&zt)?)?, &expected, F64_TOL)?;
+    assert_all_close(
+        "log_prob_per_dim",
+        &values(&q.log_prob_per_dim(&zt)?)?,
+        &expected,
+        F64_TOL,
+    )?;
     let lp = q.log_prob(&zt)?;
     assert_eq!(lp.dims(), &[2, 3]);
     let sums: Vec<f64> = expected.chunks(4).map(|c| c.iter().sum()).collect();
@@ -199,13 +230,22 @@ fn accessors_are_consistent() -> Result<()> {
 fn entropy_matches_closed_form_and_monte_carlo() -> Result<()> {
     // H[N(0, 1)] = ½ ln(2πe) = 1.4189385332046727.
     let std_normal = DiagonalGaussian::standard(1, 1, DType::F64, &CPU)?;
-    assert_close("H[N(0,1)]", values(&std_normal.entropy()?)?[0], 1.418_938_533_204_672_7, F64_TOL)?;
+    assert_close(
+        "H[N(0,1)]",
+        values(&std_normal.entropy()?)?[0],
+        1.418_938_533_204_672_7,
+        F64_TOL,
+    )?;
 
     let (mq, sq) = q_params();
     let q = gaussian(&mq, &sq)?;
     let expected: Vec<f64> = sq
         .chunks(4)
-        .map(|row| row.iter().map(|s| 0.5 * (2.0 * std::f64::consts::PI * std::f64::consts::E * s.exp()).ln()).sum())
+        .map(|row| {
+            row.iter()
+                .map(|s| 0.5 * (2.0 * std::f64::consts::PI * std::f64::consts::E * s.exp()).ln())
+                .sum()
+        })
         .collect();
     let h = q.entropy()?;
     assert_eq!(h.dims(), &[3]);
@@ -216,7 +256,13 @@ fn entropy_matches_closed_form_and_monte_carlo() -> Result<()> {
     let neg_log_q = q.log_prob(&z)?.neg()?.t()?.contiguous()?.to_vec2::<f64>()?;
     for (row, samples) in neg_log_q.iter().enumerate() {
         let (mean, se) = mean_and_se(samples);
-        assert_within_se(&format!("entropy row {row}"), mean, se, expected[row], SE_MULTIPLE)?;
+        assert_within_se(
+            &format!("entropy row {row}"),
+            mean,
+            se,
+            expected[row],
+            SE_MULTIPLE,
+        )?;
     }
     Ok(())
 }
@@ -229,8 +275,14 @@ fn works_in_f32_too() -> Result<()> {
     let (mp, sp) = p_params();
     let q64 = gaussian(&mq, &sq)?;
     let p64 = gaussian(&mp, &sp)?;
-    let q32 = DiagonalGaussian::new(q64.mean().to_dtype(DType::F32)?, q64.log_var().to_dtype(DType::F32)?)?;
-    let p32 = DiagonalGaussian::new(p64.mean().to_dtype(DType::F32)?, p64.log_var().to_dtype(DType::F32)?)?;
+    let q32 = DiagonalGaussian::new(
+        q64.mean().to_dtype(DType::F32)?,
+        q64.log_var().to_dtype(DType::F32)?,
+    )?;
+    let p32 = DiagonalGaussian::new(
+        p64.mean().to_dtype(DType::F32)?,
+        p64.log_var().to_dtype(DType::F32)?,
+    )?;
     let kl32 = values(&q32.kl(&p32)?)?;
     let kl64 = values(&q64.kl(&p64)?)?;
     for (a, b) in kl32.iter().zip(&kl64) {
@@ -247,7 +299,9 @@ fn new_rejects_mismatched_shapes() -> Result<()> {
         .err()
         .ok_or_else(|| anyhow::anyhow!("mismatched shapes accepted"))?;
     let msg = err.to_string();
-    anyhow::ensure!(msg.contains("[2, 3]") && msg.contains("[2, 4]"), "message: {msg}");
+    anyhow::ensure!(
+        msg.contains("[2, 3]") && msg.contains("[2, 4]"),
+        "message: {msg}"
+    );
     Ok(())
 }
-

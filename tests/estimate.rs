@@ -7,12 +7,17 @@ mod common;
 
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
-use candle_vae::estimate::{iwae_bound, log_importance_weights, log_likelihood, log_likelihood_with};
-use candle_vae::{
-    ActiveUnits, DiagonalGaussian, Dims, ElboLoss, ElboLossConfig, Encoder, ImportanceSamplingConfig,
-    KlEstimator, Likelihood, MlpDecoder, MlpDecoderConfig, NoiseSource, ParamStore, Vae,
+use candle_vae::estimate::{
+    iwae_bound, log_importance_weights, log_likelihood, log_likelihood_with,
 };
-use common::{CPU, Matrix, assert_all_close, assert_close, mean_and_se, mvn_log_density, tensor, values};
+use candle_vae::{
+    ActiveUnits, DiagonalGaussian, Dims, ElboLoss, ElboLossConfig, Encoder,
+    ImportanceSamplingConfig, KlEstimator, Likelihood, MlpDecoder, MlpDecoderConfig, NoiseSource,
+    ParamStore, Vae,
+};
+use common::{
+    CPU, Matrix, assert_all_close, assert_close, mean_and_se, mvn_log_density, tensor, values,
+};
 
 const DATA: usize = 4;
 const LATENT: usize = 2;
@@ -50,7 +55,9 @@ impl Ppca {
         let mut c = vec![0.0; DATA * DATA];
         for i in 0..DATA {
             for j in 0..DATA {
-                c[i * DATA + j] = (0..LATENT).map(|k| self.wt(i, k) * self.wt(j, k)).sum::<f64>()
+                c[i * DATA + j] = (0..LATENT)
+                    .map(|k| self.wt(i, k) * self.wt(j, k))
+                    .sum::<f64>()
                     + if i == j { SIGMA * SIGMA } else { 0.0 };
             }
         }
@@ -67,7 +74,9 @@ impl Ppca {
         let mut m = vec![0.0; LATENT * LATENT];
         for i in 0..LATENT {
             for j in 0..LATENT {
-                m[i * LATENT + j] = (0..DATA).map(|k| self.wt(k, i) * self.wt(k, j)).sum::<f64>()
+                m[i * LATENT + j] = (0..DATA)
+                    .map(|k| self.wt(k, i) * self.wt(k, j))
+                    .sum::<f64>()
                     + if i == j { SIGMA * SIGMA } else { 0.0 };
             }
         }
@@ -84,14 +93,21 @@ impl Ppca {
                 a[i * DATA + j] = (0..LATENT).map(|k| m_inv.at(i, k) * self.wt(j, k)).sum();
             }
         }
-        let cov = Matrix::new(LATENT, m_inv.data.iter().map(|v| SIGMA * SIGMA * v).collect());
+        let cov = Matrix::new(
+            LATENT,
+            m_inv.data.iter().map(|v| SIGMA * SIGMA * v).collect(),
+        );
         Ok((a, cov))
     }
 
     fn posterior_mean(&self, x: &[f64]) -> Result<Vec<f64>> {
         let (a, _) = self.posterior_map()?;
         Ok((0..LATENT)
-            .map(|i| (0..DATA).map(|j| a[i * DATA + j] * (x[j] - self.b[j])).sum())
+            .map(|i| {
+                (0..DATA)
+                    .map(|j| a[i * DATA + j] * (x[j] - self.b[j]))
+                    .sum()
+            })
             .collect())
     }
 
@@ -104,7 +120,9 @@ impl Ppca {
             .map(|r| {
                 (0..DATA)
                     .map(|i| {
-                        (0..LATENT).map(|k| self.wt(i, k) * z[r * LATENT + k]).sum::<f64>()
+                        (0..LATENT)
+                            .map(|k| self.wt(i, k) * z[r * LATENT + k])
+                            .sum::<f64>()
                             + self.b[i]
                             + SIGMA * e[r * DATA + i]
                     })
@@ -208,7 +226,10 @@ fn kl_diag_to_full(m: &[f64], v: &[f64], mu: &[f64], sigma: &Matrix) -> Result<f
     let inv = sigma.inverse_spd()?;
     let trace: f64 = (0..LATENT).map(|i| inv.at(i, i) * v[i]).sum();
     let d: Vec<f64> = (0..LATENT).map(|i| mu[i] - m[i]).collect();
-    let quad: f64 = (0..LATENT).flat_map(|i| (0..LATENT).map(move |j| (i, j))).map(|(i, j)| d[i] * inv.at(i, j) * d[j]).sum();
+    let quad: f64 = (0..LATENT)
+        .flat_map(|i| (0..LATENT).map(move |j| (i, j)))
+        .map(|(i, j)| d[i] * inv.at(i, j) * d[j])
+        .sum();
     let log_det_q: f64 = v.iter().map(|x| x.ln()).sum();
     Ok(0.5 * (trace + quad - LATENT as f64 + sigma.log_det_spd()? - log_det_q))
 }
@@ -226,11 +247,20 @@ fn closed_form_is_consistent_with_bayes_rule() -> Result<()> {
                 .map(|i| (0..LATENT).map(|k| model.wt(i, k) * z[k]).sum::<f64>() + model.b[i])
                 .collect();
             let log_px_z: f64 = (0..DATA)
-                .map(|i| -0.5 * (common::LN_2PI + (SIGMA * SIGMA).ln() + ((x[i] - recon[i]) / SIGMA).powi(2)))
+                .map(|i| {
+                    -0.5 * (common::LN_2PI
+                        + (SIGMA * SIGMA).ln()
+                        + ((x[i] - recon[i]) / SIGMA).powi(2))
+                })
                 .sum();
             let log_pz = -0.5 * (2.0 * common::LN_2PI + z[0] * z[0] + z[1] * z[1]);
             let log_post = mvn_log_density(&z, &mean, &cov)?;
-            assert_close("Bayes", log_px_z + log_pz - log_post, model.log_px(&x)?, 1e-12)?;
+            assert_close(
+                "Bayes",
+                log_px_z + log_pz - log_post,
+                model.log_px(&x)?,
+                1e-12,
+            )?;
         }
     }
     Ok(())
@@ -245,14 +275,22 @@ fn exact_posterior_gives_exact_weights() -> Result<()> {
     let vae = model.vae(FixedEncoder::exact(&model)?)?;
     let rows = model.sample(6, 2)?;
     let xs = batch(&rows)?;
-    let exact: Vec<f64> = rows.iter().map(|x| model.log_px(x)).collect::<Result<_>>()?;
+    let exact: Vec<f64> = rows
+        .iter()
+        .map(|x| model.log_px(x))
+        .collect::<Result<_>>()?;
     let out = vae.forward_samples_t(&xs, 50, &mut NoiseSource::new(3), false)?;
     let log_w = log_importance_weights(&out, &xs)?;
     assert_eq!(log_w.dims(), &[50, 6]);
     for (i, v) in values(&log_w)?.iter().enumerate() {
         assert_close(&format!("log w[{i}]"), *v, exact[i % 6], 1e-11)?;
     }
-    let est = log_likelihood(&vae, &xs, &ImportanceSamplingConfig::new(3), &mut NoiseSource::new(4))?;
+    let est = log_likelihood(
+        &vae,
+        &xs,
+        &ImportanceSamplingConfig::new(3),
+        &mut NoiseSource::new(4),
+    )?;
     assert_all_close("log p(x), exact posterior", &values(&est)?, &exact, 1e-11)?;
     Ok(())
 }
@@ -265,11 +303,19 @@ fn importance_sampling_matches_closed_form_log_likelihood() -> Result<()> {
     let rows = model.sample(8, 5)?;
     let xs = batch(&rows)?;
     let k = 5000;
-    let est = values(&log_likelihood(&vae, &xs, &ImportanceSamplingConfig::new(k), &mut NoiseSource::new(6))?)?;
+    let est = values(&log_likelihood(
+        &vae,
+        &xs,
+        &ImportanceSamplingConfig::new(k),
+        &mut NoiseSource::new(6),
+    )?)?;
     // The estimator's standard error, by the delta method: sd(w)/(√k·mean(w)), measured
     // on an independent set of 5000 weights per example.
     let out = vae.forward_samples_t(&xs, k, &mut NoiseSource::new(7), false)?;
-    let log_w = log_importance_weights(&out, &xs)?.t()?.contiguous()?.to_vec2::<f64>()?;
+    let log_w = log_importance_weights(&out, &xs)?
+        .t()?
+        .contiguous()?
+        .to_vec2::<f64>()?;
     for (i, x) in rows.iter().enumerate() {
         let exact = model.log_px(x)?;
         let w: Vec<f64> = log_w[i].iter().map(|l| (l - exact).exp()).collect();
@@ -277,8 +323,16 @@ fn importance_sampling_matches_closed_form_log_likelihood() -> Result<()> {
         let se_log = se_w / mean_w;
         // The 0.05-nat tolerance of the issue is at least 4 standard errors here, so a
         // correct estimator fails with probability < 10⁻⁴ (fixed seed: deterministic).
-        ensure!(4.0 * se_log <= 0.05, "example {i}: SE {se_log:.4} too large for a 0.05 check");
-        assert_close(&format!("log p(x[{i}]) (SE {se_log:.4})"), est[i], exact, 0.05)?;
+        ensure!(
+            4.0 * se_log <= 0.05,
+            "example {i}: SE {se_log:.4} too large for a 0.05 check"
+        );
+        assert_close(
+            &format!("log p(x[{i}]) (SE {se_log:.4})"),
+            est[i],
+            exact,
+            0.05,
+        )?;
     }
     Ok(())
 }
@@ -295,7 +349,12 @@ fn iwae_bound_rises_with_k_and_stays_below_log_likelihood() -> Result<()> {
     for x in &rows {
         exact.push(model.log_px(x)?);
         let (m, v) = encoder.q(x)?;
-        kl.push(kl_diag_to_full(&m, &v, &model.posterior_mean(x)?, &post_cov)?);
+        kl.push(kl_diag_to_full(
+            &m,
+            &v,
+            &model.posterior_mean(x)?,
+            &post_cov,
+        )?);
     }
     let vae = model.vae(encoder)?;
     // Each example repeated 2000 times: the gap L_k − log p(x) is averaged over 16,000
@@ -307,22 +366,37 @@ fn iwae_bound_rises_with_k_and_stays_below_log_likelihood() -> Result<()> {
     for k in [1, 3, 10, 30] {
         let out = vae.forward_samples_t(&xs, k, &mut noise, false)?;
         let bound = values(&iwae_bound(&out, &xs)?)?;
-        let gap: Vec<f64> = bound.iter().enumerate().map(|(r, l)| l - exact[r % 8]).collect();
+        let gap: Vec<f64> = bound
+            .iter()
+            .enumerate()
+            .map(|(r, l)| l - exact[r % 8])
+            .collect();
         let (mean, se) = mean_and_se(&gap);
         // Below log p(x): the mean gap is negative by more than 4 SE.
-        ensure!(mean < -4.0 * se, "k = {k}: L_k − log p(x) = {mean:.5} ± {se:.5} is not below 0");
+        ensure!(
+            mean < -4.0 * se,
+            "k = {k}: L_k − log p(x) = {mean:.5} ± {se:.5} is not below 0"
+        );
         gaps.push((k, mean, se));
     }
     // E[L₁] = log p(x) − KL(q ‖ p(z|x)): the ELBO's gap is the KL to the true posterior.
     let kl_mean = kl.iter().sum::<f64>() / kl.len() as f64;
     let (_, gap1, se1) = gaps[0];
-    ensure!((gap1 + kl_mean).abs() < 4.0 * se1, "E[L₁] − log p(x) = {gap1:.5} ± {se1:.5}, expected −KL = {:.5}", -kl_mean);
+    ensure!(
+        (gap1 + kl_mean).abs() < 4.0 * se1,
+        "E[L₁] − log p(x) = {gap1:.5} ± {se1:.5}, expected −KL = {:.5}",
+        -kl_mean
+    );
     // Strictly rising in k, each step significant at 4 SE of the difference (the runs are
     // independent, so the variances add).
     for pair in gaps.windows(2) {
         let ((k0, g0, s0), (k1, g1, s1)) = (pair[0], pair[1]);
         let se = (s0 * s0 + s1 * s1).sqrt();
-        ensure!(g1 - g0 > 4.0 * se, "L_{k1} − L_{k0} = {:.5}, not > 4 × {se:.5}", g1 - g0);
+        ensure!(
+            g1 - g0 > 4.0 * se,
+            "L_{k1} − L_{k0} = {:.5}, not > 4 × {se:.5}",
+            g1 - g0
+        );
     }
     Ok(())
 }
@@ -335,18 +409,34 @@ fn chunk_size_does_not_change_the_estimate() -> Result<()> {
     let k = 5000;
     let run = |chunk: usize, seed: u64| -> Result<Vec<f64>> {
         let config = ImportanceSamplingConfig::new(k).with_chunk_size(chunk);
-        values(&log_likelihood(&vae, &xs, &config, &mut NoiseSource::new(seed))?)
+        values(&log_likelihood(
+            &vae,
+            &xs,
+            &config,
+            &mut NoiseSource::new(seed),
+        )?)
     };
     let reference = run(100, 11)?;
     // Same seed, same samples (the source is consumed in the same order whatever the
     // chunking); only the grouping of the log-sum-exp differs: f64 rounding, < 1e-12 on
     // values of magnitude ~5.
     for chunk in [7, 1000, 5000, 6000] {
-        assert_all_close(&format!("chunk {chunk}"), &run(chunk, 11)?, &reference, 1e-12)?;
+        assert_all_close(
+            &format!("chunk {chunk}"),
+            &run(chunk, 11)?,
+            &reference,
+            1e-12,
+        )?;
     }
     // A different seed gives different samples, hence a (slightly) different estimate.
     let other = run(100, 12)?;
-    ensure!(other.iter().zip(&reference).any(|(a, b)| (a - b).abs() > 1e-6), "seed has no effect");
+    ensure!(
+        other
+            .iter()
+            .zip(&reference)
+            .any(|(a, b)| (a - b).abs() > 1e-6),
+        "seed has no effect"
+    );
     Ok(())
 }
 
@@ -357,21 +447,34 @@ fn chunked_log_sum_exp_is_exact_on_known_weights() -> Result<()> {
     let k = 1234;
     for chunk in [1, 10, 100, 5000] {
         let mut next = 1usize;
-        let est = log_likelihood_with(&ImportanceSamplingConfig::new(k).with_chunk_size(chunk), &mut NoiseSource::new(0), |n, _| {
-            let vals: Vec<f64> = (next..next + n).flat_map(|j| [1000.0 + (j as f64).ln(), -(j as f64)]).collect();
-            next += n;
-            Tensor::from_vec(vals, (n, 2), &CPU)
-        })?;
+        let est = log_likelihood_with(
+            &ImportanceSamplingConfig::new(k).with_chunk_size(chunk),
+            &mut NoiseSource::new(0),
+            |n, _| {
+                let vals: Vec<f64> = (next..next + n)
+                    .flat_map(|j| [1000.0 + (j as f64).ln(), -(j as f64)])
+                    .collect();
+                next += n;
+                Tensor::from_vec(vals, (n, 2), &CPU)
+            },
+        )?;
         let est = values(&est)?;
         // Second example: log w_j = −j, estimate ln(Σ e^{−j} / K) = ln(e⁻¹/(1 − e⁻¹)·(1 − e^{−K})/K).
         let second = ((-1f64).exp() / (1.0 - (-1f64).exp())).ln() - (k as f64).ln();
         // f64 log-sum-exp over ≤ 1234 terms of magnitude 1000: rounding ~1e-13·1000.
-        assert_all_close(&format!("chunk {chunk}"), &est, &[1000.0 + ((k as f64 + 1.0) / 2.0).ln(), second], 1e-10)?;
+        assert_all_close(
+            &format!("chunk {chunk}"),
+            &est,
+            &[1000.0 + ((k as f64 + 1.0) / 2.0).ln(), second],
+            1e-10,
+        )?;
     }
     // Log weights of the wrong shape are an error.
-    let bad = log_likelihood_with(&ImportanceSamplingConfig::new(4), &mut NoiseSource::new(0), |n, _| {
-        Tensor::zeros((n + 1, 2), DType::F64, &CPU)
-    });
+    let bad = log_likelihood_with(
+        &ImportanceSamplingConfig::new(4),
+        &mut NoiseSource::new(0),
+        |n, _| Tensor::zeros((n + 1, 2), DType::F64, &CPU),
+    );
     ensure!(bad.is_err(), "wrong number of weights accepted");
     Ok(())
 }
@@ -383,7 +486,8 @@ fn one_sample_iwae_bound_is_minus_the_monte_carlo_elbo() -> Result<()> {
     let xs = batch(&model.sample(5, 13)?)?;
     let out = vae.forward_samples_t(&xs, 1, &mut NoiseSource::new(14), false)?;
     let l1 = values(&iwae_bound(&out, &xs)?)?;
-    let elbo = ElboLoss::new(ElboLossConfig::default().with_kl_estimator(KlEstimator::MonteCarlo))?.forward(&out, &xs)?;
+    let elbo = ElboLoss::new(ElboLossConfig::default().with_kl_estimator(KlEstimator::MonteCarlo))?
+        .forward(&out, &xs)?;
     let neg: Vec<f64> = values(&elbo.per_example)?.iter().map(|v| -v).collect();
     // Same terms summed in a different order: f64 rounding on O(10) values.
     assert_all_close("L₁ = ELBO", &l1, &neg, 1e-12)?;
@@ -404,13 +508,27 @@ fn active_units_on_constructed_means() -> Result<()> {
     let second = tensor(&rows[15..], &[5, 5])?.to_dtype(DType::F32)?;
     let au = ActiveUnits::from_means([first, second], ActiveUnits::BURDA_THRESHOLD)?;
     // f32 storage of the second batch limits agreement to ~1e-7 relative on the squares.
-    assert_all_close("variances", &au.variances, &[0.04, 0.0, 0.0025, 0.0225, 5.25], 1e-6)?;
+    assert_all_close(
+        "variances",
+        &au.variances,
+        &[0.04, 0.0, 0.0025, 0.0225, 5.25],
+        1e-6,
+    )?;
     assert_eq!(au.count(), 3);
     assert_eq!(au.threshold, 0.01);
     // A higher threshold counts fewer units.
-    assert_eq!(ActiveUnits::from_means([tensor(&rows, &[8, 5])?], 0.03)?.count(), 2);
+    assert_eq!(
+        ActiveUnits::from_means([tensor(&rows, &[8, 5])?], 0.03)?.count(),
+        2
+    );
     // Widths that disagree, or no examples, are errors.
-    ensure!(ActiveUnits::from_means([tensor(&rows[..10], &[2, 5])?, tensor(&rows[..8], &[2, 4])?], 0.01).is_err());
+    ensure!(
+        ActiveUnits::from_means(
+            [tensor(&rows[..10], &[2, 5])?, tensor(&rows[..8], &[2, 4])?],
+            0.01
+        )
+        .is_err()
+    );
     ensure!(ActiveUnits::from_means(Vec::<Tensor>::new(), 0.01).is_err());
     Ok(())
 }

@@ -79,10 +79,25 @@ fn bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     for dtype in [DType::F32, DType::F64] {
         let got = log_prob_elements(&Likelihood::Bernoulli, &x, &l, dtype)?;
         for i in 0..x.len() {
-            ensure!(got[i].is_finite(), "{dtype:?} Bernoulli at x={}, l={}: {}", x[i], l[i], got[i]);
+            ensure!(
+                got[i].is_finite(),
+                "{dtype:?} Bernoulli at x={}, l={}: {}",
+                x[i],
+                l[i],
+                got[i]
+            );
             let want = bernoulli_ref(x[i], l[i]);
-            let tol = if dtype == DType::F64 { F64_TOL } else { f32_tol(want) };
-            assert_close(&format!("{dtype:?} Bernoulli x={} l={}", x[i], l[i]), got[i], want, tol)?;
+            let tol = if dtype == DType::F64 {
+                F64_TOL
+            } else {
+                f32_tol(want)
+            };
+            assert_close(
+                &format!("{dtype:?} Bernoulli x={} l={}", x[i], l[i]),
+                got[i],
+                want,
+                tol,
+            )?;
         }
     }
     // Spot values by hand: a confident right answer costs nothing, a confident wrong one
@@ -106,12 +121,27 @@ fn continuous_bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> 
     for dtype in [DType::F32, DType::F64] {
         let got = log_prob_elements(&Likelihood::ContinuousBernoulli, &x, &l, dtype)?;
         for i in 0..x.len() {
-            ensure!(got[i].is_finite(), "{dtype:?} CB at x={}, l={}: {}", x[i], l[i], got[i]);
+            ensure!(
+                got[i].is_finite(),
+                "{dtype:?} CB at x={}, l={}: {}",
+                x[i],
+                l[i],
+                got[i]
+            );
             let want = cb_ref(x[i], l[i]);
             // The f64 reference goes through artanh for |l| ≤ 15, which loses ~1e-15·e^|l|
             // relative precision near |l| = 15; 1e-9 covers it.
-            let tol = if dtype == DType::F64 { 1e-9 } else { f32_tol(want) };
-            assert_close(&format!("{dtype:?} CB x={} l={}", x[i], l[i]), got[i], want, tol)?;
+            let tol = if dtype == DType::F64 {
+                1e-9
+            } else {
+                f32_tol(want)
+            };
+            assert_close(
+                &format!("{dtype:?} CB x={} l={}", x[i], l[i]),
+                got[i],
+                want,
+                tol,
+            )?;
         }
     }
     // By hand: at l = ±100, C = 100 / tanh(50) = 100 (tanh(50) = 1 to 43 digits), so the
@@ -133,7 +163,9 @@ fn continuous_bernoulli_taylor_branch_meets_closed_form() -> Result<()> {
     // |l| < 0.1 uses log C = log 2 + l²/12 − 7l⁴/1440; the first omitted term is
     // 31·l⁶/362880 < 1e-10 at |l| = 0.1, so 1e-9 in f64. Both sides of the switch, and
     // zero itself, must agree with the reference.
-    let logits = [0.0, 1e-6, -1e-3, 0.05, -0.0999, 0.0999, 0.1, -0.1, 0.1001, 0.2];
+    let logits = [
+        0.0, 1e-6, -1e-3, 0.05, -0.0999, 0.0999, 0.1, -0.1, 0.1001, 0.2,
+    ];
     let x = vec![0.7; logits.len()];
     let got = log_prob_elements(&Likelihood::ContinuousBernoulli, &x, &logits, DType::F64)?;
     for (i, l) in logits.iter().enumerate() {
@@ -141,7 +173,12 @@ fn continuous_bernoulli_taylor_branch_meets_closed_form() -> Result<()> {
     }
     let got32 = log_prob_elements(&Likelihood::ContinuousBernoulli, &x, &logits, DType::F32)?;
     for (i, l) in logits.iter().enumerate() {
-        assert_close(&format!("f32 CB l={l}"), got32[i], cb_ref(0.7, *l), f32_tol(1.0))?;
+        assert_close(
+            &format!("f32 CB l={l}"),
+            got32[i],
+            cb_ref(0.7, *l),
+            f32_tol(1.0),
+        )?;
     }
     Ok(())
 }
@@ -180,13 +217,24 @@ fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
     let (grid, weights) = simpson(20_000);
     for l in INTEGRATION_LOGITS {
         let logits = vec![l; grid.len()];
-        let log_p = log_prob_elements(&Likelihood::ContinuousBernoulli, &grid, &logits, DType::F64)?;
+        let log_p =
+            log_prob_elements(&Likelihood::ContinuousBernoulli, &grid, &logits, DType::F64)?;
         let integral: f64 = log_p.iter().zip(&weights).map(|(lp, w)| lp.exp() * w).sum();
-        assert_close(&format!("∫ CB(x; l={l}) dx"), integral, 1.0, INTEGRATION_TOL)?;
+        assert_close(
+            &format!("∫ CB(x; l={l}) dx"),
+            integral,
+            1.0,
+            INTEGRATION_TOL,
+        )?;
     }
     // The Bernoulli "density" on [0, 1] is *not* normalised (that is the point of the
     // continuous Bernoulli): at l = 0 it is ½ everywhere.
-    let log_p = log_prob_elements(&Likelihood::Bernoulli, &grid, &vec![0.0; grid.len()], DType::F64)?;
+    let log_p = log_prob_elements(
+        &Likelihood::Bernoulli,
+        &grid,
+        &vec![0.0; grid.len()],
+        DType::F64,
+    )?;
     let integral: f64 = log_p.iter().zip(&weights).map(|(lp, w)| lp.exp() * w).sum();
     assert_close("∫ Bernoulli(x; 0) dx", integral, 0.5, INTEGRATION_TOL)?;
     Ok(())
@@ -196,7 +244,10 @@ fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
 fn continuous_bernoulli_mean_matches_numerical_integration() -> Result<()> {
     let (grid, weights) = simpson(20_000);
     let lik = Likelihood::ContinuousBernoulli;
-    let means = values(&lik.mean(&tensor(&INTEGRATION_LOGITS, &[1, INTEGRATION_LOGITS.len()])?, 1)?)?;
+    let means = values(&lik.mean(
+        &tensor(&INTEGRATION_LOGITS, &[1, INTEGRATION_LOGITS.len()])?,
+        1,
+    )?)?;
     for (l, mean) in INTEGRATION_LOGITS.iter().zip(&means) {
         let logits = vec![*l; grid.len()];
         let log_p = log_prob_elements(&lik, &grid, &logits, DType::F64)?;
@@ -207,11 +258,24 @@ fn continuous_bernoulli_mean_matches_numerical_integration() -> Result<()> {
             .map(|((lp, w), x)| x * lp.exp() * w)
             .sum();
         // The Taylor mean ½ + l/12 − l³/720 omits l⁵/30240 < 4·10⁻¹⁰ at |l| < 0.1.
-        assert_close(&format!("E[x] of CB(l={l})"), *mean, integral, INTEGRATION_TOL)?;
+        assert_close(
+            &format!("E[x] of CB(l={l})"),
+            *mean,
+            integral,
+            INTEGRATION_TOL,
+        )?;
     }
     // The CB mean is not σ(l): at l = 3, σ = 0.953 but E[x] = 1/(1−e⁻³) − 1/3 = 0.7191.
-    let m3 = means[INTEGRATION_LOGITS.iter().position(|&l| l == 3.0).unwrap_or(0)];
-    assert_close("E[x] at l=3", m3, 1.0 / (1.0 - (-3f64).exp()) - 1.0 / 3.0, F64_TOL)?;
+    let m3 = means[INTEGRATION_LOGITS
+        .iter()
+        .position(|&l| l == 3.0)
+        .unwrap_or(0)];
+    assert_close(
+        "E[x] at l=3",
+        m3,
+        1.0 / (1.0 - (-3f64).exp()) - 1.0 / 3.0,
+        F64_TOL,
+    )?;
     // f32 mean finite and right at the extremes: 0.99 at 100, 0.01 at −100, ½ at 0.
     let m32 = values(&lik.mean(&tensor_f32(&[100.0, -100.0, 0.0], &[1, 3])?, 1)?)?;
     assert_all_close("f32 CB mean", &m32, &[0.99, 0.01, 0.5], f32_tol(1.0))?;
@@ -223,8 +287,18 @@ fn means_of_the_other_likelihoods() -> Result<()> {
     let l = [-100.0, -2.0, 0.0, 0.7, 100.0];
     let params = tensor(&l, &[1, 5])?;
     let sig: Vec<f64> = l.iter().map(|&v| sigmoid(v)).collect();
-    assert_all_close("Bernoulli mean", &values(&Likelihood::Bernoulli.mean(&params, 1)?)?, &sig, F64_TOL)?;
-    assert_all_close("Gaussian mean", &values(&Likelihood::gaussian(0.3)?.mean(&params, 1)?)?, &l, 0.0)?;
+    assert_all_close(
+        "Bernoulli mean",
+        &values(&Likelihood::Bernoulli.mean(&params, 1)?)?,
+        &sig,
+        F64_TOL,
+    )?;
+    assert_all_close(
+        "Gaussian mean",
+        &values(&Likelihood::gaussian(0.3)?.mean(&params, 1)?)?,
+        &l,
+        0.0,
+    )?;
     // Per-element Gaussian: (K, N, 2C, …) with the channel axis 2; the mean is the first C
     // channels, through the sigmoid.
     let raw: Vec<f64> = (0..2 * 3 * 4).map(|i| i as f64 * 0.1 - 1.0).collect();
@@ -237,7 +311,12 @@ fn means_of_the_other_likelihoods() -> Result<()> {
         .flat_map(|n| (0..6).map(move |j| n * 12 + j))
         .map(|i| sigmoid(raw[i]))
         .collect();
-    assert_all_close("per-element Gaussian mean", &values(&mean)?, &expected, F64_TOL)?;
+    assert_all_close(
+        "per-element Gaussian mean",
+        &values(&mean)?,
+        &expected,
+        F64_TOL,
+    )?;
     Ok(())
 }
 
@@ -313,7 +392,11 @@ fn gaussian_shared_variance_matches_hand_computation() -> Result<()> {
     let got = values(&lik.log_prob(&tensor(&x, &[2, 3])?, &tensor(&mu, &[2, 3])?)?)?;
     let sigma = (0.3f64 / 2.0).exp();
     let want: Vec<f64> = (0..2)
-        .map(|n| (0..3).map(|j| normal_ref(x[3 * n + j], mu[3 * n + j], sigma)).sum())
+        .map(|n| {
+            (0..3)
+                .map(|j| normal_ref(x[3 * n + j], mu[3 * n + j], sigma))
+                .sum()
+        })
         .collect();
     assert_all_close("shared σ", &got, &want, F64_TOL)?;
     Ok(())
@@ -341,7 +424,12 @@ fn log_prob_sums_over_elements_and_keeps_sample_axis() -> Result<()> {
                         }
                     })
                     .sum();
-                assert_close(&format!("{} k={k} n={n}", lik.name()), got[k * 2 + n], want, 1e-9)?;
+                assert_close(
+                    &format!("{} k={k} n={n}", lik.name()),
+                    got[k * 2 + n],
+                    want,
+                    1e-9,
+                )?;
             }
         }
     }
@@ -357,22 +445,37 @@ fn log_prob_rejects_mismatched_parameters() -> Result<()> {
         .err()
         .ok_or_else(|| anyhow::anyhow!("mismatched parameters accepted"))?;
     let msg = err.to_string();
-    ensure!(msg.contains("[2, 4]") && msg.contains("[2, 5]"), "message: {msg}");
+    ensure!(
+        msg.contains("[2, 4]") && msg.contains("[2, 5]"),
+        "message: {msg}"
+    );
     // A per-element Gaussian needs twice the channels.
     let lik = Likelihood::gaussian_per_element(GaussianMean::Identity);
-    ensure!(lik.log_prob(&xs, &Tensor::zeros((2, 5), DType::F32, &CPU)?).is_err());
-    ensure!(lik.log_prob(&xs, &Tensor::zeros((2, 10), DType::F32, &CPU)?).is_ok());
+    ensure!(
+        lik.log_prob(&xs, &Tensor::zeros((2, 5), DType::F32, &CPU)?)
+            .is_err()
+    );
+    ensure!(
+        lik.log_prob(&xs, &Tensor::zeros((2, 10), DType::F32, &CPU)?)
+            .is_ok()
+    );
     Ok(())
 }
 
 /// d/dl log C(l) = 1/l − 1/sinh(l) (derivative of log l − log tanh(l/2)), → 0 at l = 0.
 fn cb_log_norm_grad(l: f64) -> f64 {
-    if l == 0.0 { 0.0 } else { 1.0 / l - 1.0 / l.sinh() }
+    if l == 0.0 {
+        0.0
+    } else {
+        1.0 / l - 1.0 / l.sinh()
+    }
 }
 
 #[test]
 fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
-    let logits = [-100.0, -20.0, -0.5, -0.05, -1e-4, 0.0, 0.03, 0.0999, 0.1, 2.0, 100.0];
+    let logits = [
+        -100.0, -20.0, -0.5, -0.05, -1e-4, 0.0, 0.03, 0.0999, 0.1, 2.0, 100.0,
+    ];
     for xv in [0.0, 0.5, 1.0] {
         for lik in [Likelihood::Bernoulli, Likelihood::ContinuousBernoulli] {
             for dtype in [DType::F64, DType::F32] {

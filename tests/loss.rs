@@ -11,7 +11,10 @@ use candle_vae::{
     Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
     ParamStore, Reduction, Vae, VaeOutput,
 };
-use common::{CPU, LN_2PI, assert_all_close, assert_close, assert_within_se, mean_and_se, scalar, tensor, values};
+use common::{
+    CPU, LN_2PI, assert_all_close, assert_close, assert_within_se, mean_and_se, scalar, tensor,
+    values,
+};
 
 /// f64 through a few dozen operations on values of order 10: rounding stays below 1e-13.
 const TOL: f64 = 1e-12;
@@ -55,7 +58,10 @@ fn case() -> Case {
 
 impl Case {
     fn posterior(&self) -> Result<DiagonalGaussian> {
-        Ok(DiagonalGaussian::new(tensor(&self.mean, &[N, D])?, tensor(&self.log_var, &[N, D])?)?)
+        Ok(DiagonalGaussian::new(
+            tensor(&self.mean, &[N, D])?,
+            tensor(&self.log_var, &[N, D])?,
+        )?)
     }
 
     fn output(&self, posterior: DiagonalGaussian, z: Tensor) -> Result<VaeOutput> {
@@ -98,7 +104,9 @@ impl Case {
 
     fn kl_per_dim(&self) -> Vec<f64> {
         let kl = self.kl_nd();
-        (0..D).map(|d| (0..N).map(|n| kl[n * D + d]).sum::<f64>() / N as f64).collect()
+        (0..D)
+            .map(|d| (0..N).map(|n| kl[n * D + d]).sum::<f64>() / N as f64)
+            .collect()
     }
 }
 
@@ -121,11 +129,26 @@ fn parts_match_hand_computation() -> Result<()> {
     assert_close("reconstruction", scalar(&elbo.reconstruction)?, recon, TOL)?;
     assert_close("kl", scalar(&elbo.kl)?, kl, TOL)?;
     assert_close("loss", scalar(&elbo.loss)?, recon + kl, TOL)?;
-    assert_all_close("kl_per_dim", &values(&elbo.kl_per_dim)?, &c.kl_per_dim(), TOL)?;
+    assert_all_close(
+        "kl_per_dim",
+        &values(&elbo.kl_per_dim)?,
+        &c.kl_per_dim(),
+        TOL,
+    )?;
     let per_example: Vec<f64> = (0..N).map(|n| kl_n[n] - ll[n]).collect();
-    assert_all_close("per_example", &values(&elbo.per_example)?, &per_example, TOL)?;
+    assert_all_close(
+        "per_example",
+        &values(&elbo.per_example)?,
+        &per_example,
+        TOL,
+    )?;
     // Sanity of the hand numbers themselves: x = 1 at l = 2 costs log(1 + e⁻²) = 0.126928.
-    assert_close("one BCE term", (1.0 + (-2f64).exp()).ln(), 0.126_928_011_042_972_6, TOL)?;
+    assert_close(
+        "one BCE term",
+        (1.0 + (-2f64).exp()).ln(),
+        0.126_928_011_042_972_6,
+        TOL,
+    )?;
     Ok(())
 }
 
@@ -137,10 +160,20 @@ fn beta_scales_only_the_kl_term() -> Result<()> {
     for beta in [0.0, 0.5, 1.0, 4.0] {
         let loss = ElboLoss::new(ElboLossConfig::default().with_beta(beta))?;
         let elbo = loss.forward(&out, &c.xs()?)?;
-        assert_close(&format!("β={beta} loss"), scalar(&elbo.loss)?, recon + beta * kl, TOL)?;
+        assert_close(
+            &format!("β={beta} loss"),
+            scalar(&elbo.loss)?,
+            recon + beta * kl,
+            TOL,
+        )?;
         // The reported parts are β-free.
         assert_close(&format!("β={beta} kl"), scalar(&elbo.kl)?, kl, TOL)?;
-        assert_close(&format!("β={beta} recon"), scalar(&elbo.reconstruction)?, recon, TOL)?;
+        assert_close(
+            &format!("β={beta} recon"),
+            scalar(&elbo.reconstruction)?,
+            recon,
+            TOL,
+        )?;
     }
     Ok(())
 }
@@ -151,23 +184,52 @@ fn reductions_sum_and_batch_mean() -> Result<()> {
     let out = c.output(c.posterior()?, zeros_z()?)?;
     let (ll, kl_n) = (c.log_lik(), c.kl_n());
     let beta = 2.0;
-    let sum = ElboLoss::new(ElboLossConfig::default().with_beta(beta).with_reduction(Reduction::Sum))?
-        .forward(&out, &c.xs()?)?;
+    let sum = ElboLoss::new(
+        ElboLossConfig::default()
+            .with_beta(beta)
+            .with_reduction(Reduction::Sum),
+    )?
+    .forward(&out, &c.xs()?)?;
     let recon_sum = -ll.iter().sum::<f64>();
     let kl_sum: f64 = kl_n.iter().sum();
-    assert_close("Sum reconstruction", scalar(&sum.reconstruction)?, recon_sum, TOL)?;
+    assert_close(
+        "Sum reconstruction",
+        scalar(&sum.reconstruction)?,
+        recon_sum,
+        TOL,
+    )?;
     assert_close("Sum kl", scalar(&sum.kl)?, kl_sum, TOL)?;
-    assert_close("Sum loss", scalar(&sum.loss)?, recon_sum + beta * kl_sum, TOL)?;
+    assert_close(
+        "Sum loss",
+        scalar(&sum.loss)?,
+        recon_sum + beta * kl_sum,
+        TOL,
+    )?;
     let batch_mean = ElboLoss::new(
         ElboLossConfig::default()
             .with_beta(beta)
             .with_reduction(Reduction::BatchMean),
     )?
     .forward(&out, &c.xs()?)?;
-    assert_close("BatchMean loss", scalar(&batch_mean.loss)?, (recon_sum + beta * kl_sum) / N as f64, TOL)?;
+    assert_close(
+        "BatchMean loss",
+        scalar(&batch_mean.loss)?,
+        (recon_sum + beta * kl_sum) / N as f64,
+        TOL,
+    )?;
     // Diagnostics do not depend on the reduction.
-    assert_all_close("kl_per_dim", &values(&sum.kl_per_dim)?, &values(&batch_mean.kl_per_dim)?, 0.0)?;
-    assert_all_close("per_example", &values(&sum.per_example)?, &values(&batch_mean.per_example)?, 0.0)?;
+    assert_all_close(
+        "kl_per_dim",
+        &values(&sum.kl_per_dim)?,
+        &values(&batch_mean.kl_per_dim)?,
+        0.0,
+    )?;
+    assert_all_close(
+        "per_example",
+        &values(&sum.per_example)?,
+        &values(&batch_mean.per_example)?,
+        0.0,
+    )?;
     assert_eq!(Reduction::default(), Reduction::BatchMean);
     Ok(())
 }
@@ -186,10 +248,15 @@ fn free_bits_clamp_each_dimensions_batch_mean_kl() -> Result<()> {
     let recon = -mean(&c.log_lik());
     let beta = 1.5;
     let mean_var = Var::from_tensor(&tensor(&c.mean, &[N, D])?)?;
-    let posterior = DiagonalGaussian::new(mean_var.as_tensor().clone(), tensor(&c.log_var, &[N, D])?)?;
+    let posterior =
+        DiagonalGaussian::new(mean_var.as_tensor().clone(), tensor(&c.log_var, &[N, D])?)?;
     let out = c.output(posterior, zeros_z()?)?;
     for reduction in [Reduction::BatchMean, Reduction::Sum] {
-        let scale = if reduction == Reduction::Sum { N as f64 } else { 1.0 };
+        let scale = if reduction == Reduction::Sum {
+            N as f64
+        } else {
+            1.0
+        };
         let loss = ElboLoss::new(
             ElboLossConfig::default()
                 .with_beta(beta)
@@ -204,23 +271,43 @@ fn free_bits_clamp_each_dimensions_batch_mean_kl() -> Result<()> {
             scale * (recon + beta * clamped),
             TOL,
         )?;
-        assert_close(&format!("{reduction:?} kl unclamped"), scalar(&elbo.kl)?, scale * mean(&c.kl_n()), TOL)?;
+        assert_close(
+            &format!("{reduction:?} kl unclamped"),
+            scalar(&elbo.kl)?,
+            scale * mean(&c.kl_n()),
+            TOL,
+        )?;
         // Dimensions under λ get no gradient from the KL term; the others get
         // β·scale·∂(batch-mean KL_d)/∂μ_{n,d} = β·scale·μ_{n,d}/N.
         let grads = elbo.loss.backward()?;
-        let g = values(grads.get(mean_var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no ∂/∂μ"))?)?;
+        let g = values(
+            grads
+                .get(mean_var.as_tensor())
+                .ok_or_else(|| anyhow::anyhow!("no ∂/∂μ"))?,
+        )?;
         for n in 0..N {
             for d in 0..D {
-                let want = if kl_d[d] > lambda { beta * scale * c.mean[n * D + d] / N as f64 } else { 0.0 };
-                assert_close(&format!("{reduction:?} ∂loss/∂μ[{n},{d}]"), g[n * D + d], want, TOL)?;
+                let want = if kl_d[d] > lambda {
+                    beta * scale * c.mean[n * D + d] / N as f64
+                } else {
+                    0.0
+                };
+                assert_close(
+                    &format!("{reduction:?} ∂loss/∂μ[{n},{d}]"),
+                    g[n * D + d],
+                    want,
+                    TOL,
+                )?;
             }
         }
     }
     // λ = 0 is the plain objective.
-    let plain = ElboLoss::new(ElboLossConfig::default().with_free_bits(0.0))?.forward(&out, &c.xs()?)?;
+    let plain =
+        ElboLoss::new(ElboLossConfig::default().with_free_bits(0.0))?.forward(&out, &c.xs()?)?;
     assert_close("λ=0", scalar(&plain.loss)?, recon + mean(&c.kl_n()), TOL)?;
     // λ above every dimension's KL makes the KL term the constant β·D·λ.
-    let high = ElboLoss::new(ElboLossConfig::default().with_free_bits(5.0))?.forward(&out, &c.xs()?)?;
+    let high =
+        ElboLoss::new(ElboLossConfig::default().with_free_bits(5.0))?.forward(&out, &c.xs()?)?;
     assert_close("λ=5", scalar(&high.loss)?, recon + D as f64 * 5.0, TOL)?;
     Ok(())
 }
@@ -236,14 +323,36 @@ fn linear_warm_up_weights_the_kl_by_min_1_t_over_w() -> Result<()> {
             .with_beta(beta)
             .with_kl_schedule(KlSchedule::Linear { warmup_steps: 1000 }),
     )?;
-    for (step, weight) in [(0, 0.0), (1, 0.001), (250, 0.25), (999, 0.999), (1000, 1.0), (5000, 1.0)] {
-        assert_close(&format!("kl_weight({step})"), loss.kl_weight(step), beta * weight, TOL)?;
+    for (step, weight) in [
+        (0, 0.0),
+        (1, 0.001),
+        (250, 0.25),
+        (999, 0.999),
+        (1000, 1.0),
+        (5000, 1.0),
+    ] {
+        assert_close(
+            &format!("kl_weight({step})"),
+            loss.kl_weight(step),
+            beta * weight,
+            TOL,
+        )?;
         let elbo = loss.forward_at_step(&out, &c.xs()?, step)?;
-        assert_close(&format!("loss at step {step}"), scalar(&elbo.loss)?, recon + beta * weight * kl, TOL)?;
+        assert_close(
+            &format!("loss at step {step}"),
+            scalar(&elbo.loss)?,
+            recon + beta * weight * kl,
+            TOL,
+        )?;
         assert_close(&format!("kl at step {step}"), scalar(&elbo.kl)?, kl, TOL)?;
     }
     // forward() is the end of the schedule: full β.
-    assert_close("forward", scalar(&loss.forward(&out, &c.xs()?)?.loss)?, recon + beta * kl, TOL)?;
+    assert_close(
+        "forward",
+        scalar(&loss.forward(&out, &c.xs()?)?.loss)?,
+        recon + beta * kl,
+        TOL,
+    )?;
     Ok(())
 }
 
@@ -252,7 +361,10 @@ fn cyclical_schedule_rises_over_the_ramp_and_holds() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
     let (recon, kl) = (-mean(&c.log_lik()), mean(&c.kl_n()));
-    let schedule = KlSchedule::Cyclical { period: 100, ramp: 0.5 };
+    let schedule = KlSchedule::Cyclical {
+        period: 100,
+        ramp: 0.5,
+    };
     let loss = ElboLoss::new(ElboLossConfig::default().with_kl_schedule(schedule))?;
     // τ = (t mod 100)/100, w = min(1, τ/0.5) (Fu et al. 2019).
     for (step, weight) in [
@@ -268,7 +380,12 @@ fn cyclical_schedule_rises_over_the_ramp_and_holds() -> Result<()> {
     ] {
         assert_close(&format!("w({step})"), schedule.weight(step), weight, TOL)?;
         let elbo = loss.forward_at_step(&out, &c.xs()?, step)?;
-        assert_close(&format!("loss at {step}"), scalar(&elbo.loss)?, recon + weight * kl, TOL)?;
+        assert_close(
+            &format!("loss at {step}"),
+            scalar(&elbo.loss)?,
+            recon + weight * kl,
+            TOL,
+        )?;
     }
     assert_eq!(KlSchedule::Constant.weight(12345), 1.0);
     Ok(())
@@ -287,7 +404,12 @@ fn warm_up_combines_with_free_bits() -> Result<()> {
             .with_kl_schedule(KlSchedule::Linear { warmup_steps: 10 }),
     )?;
     let elbo = loss.forward_at_step(&out, &c.xs()?, 4)?;
-    assert_close("β·w·Σ max(λ, KL_d)", scalar(&elbo.loss)?, recon + 3.0 * 0.4 * clamped, TOL)?;
+    assert_close(
+        "β·w·Σ max(λ, KL_d)",
+        scalar(&elbo.loss)?,
+        recon + 3.0 * 0.4 * clamped,
+        TOL,
+    )?;
     Ok(())
 }
 
@@ -310,11 +432,18 @@ fn monte_carlo_kl_with_one_sample_is_the_log_ratio() -> Result<()> {
     let out = c.output(c.posterior()?, tensor(&z, &[N, D])?)?;
     let elbo = ElboLoss::new(ElboLossConfig::default().with_kl_estimator(KlEstimator::MonteCarlo))?
         .forward(&out, &c.xs()?)?;
-    let per_n: Vec<f64> = (0..N).map(|n| log_ratio(&c, n, &z[n * D..(n + 1) * D])).collect();
+    let per_n: Vec<f64> = (0..N)
+        .map(|n| log_ratio(&c, n, &z[n * D..(n + 1) * D]))
+        .collect();
     assert_close("MC kl", scalar(&elbo.kl)?, mean(&per_n), TOL)?;
     let ll = c.log_lik();
     let per_example: Vec<f64> = (0..N).map(|n| per_n[n] - ll[n]).collect();
-    assert_all_close("MC per_example", &values(&elbo.per_example)?, &per_example, TOL)?;
+    assert_all_close(
+        "MC per_example",
+        &values(&elbo.per_example)?,
+        &per_example,
+        TOL,
+    )?;
     Ok(())
 }
 
@@ -324,31 +453,61 @@ fn monte_carlo_kl_agrees_with_analytic_kl_in_expectation() -> Result<()> {
     let c = case();
     let posterior = c.posterior()?;
     let z = posterior.rsample_n(K, &mut NoiseSource::new(77))?;
-    let params = tensor(&c.logits, &[1, N, P])?.broadcast_as((K, N, P))?.contiguous()?;
-    let out = VaeOutput { posterior, z: z.clone(), params, likelihood: Likelihood::Bernoulli };
+    let params = tensor(&c.logits, &[1, N, P])?
+        .broadcast_as((K, N, P))?
+        .contiguous()?;
+    let out = VaeOutput {
+        posterior,
+        z: z.clone(),
+        params,
+        likelihood: Likelihood::Bernoulli,
+    };
     let mc = ElboLoss::new(ElboLossConfig::default().with_kl_estimator(KlEstimator::MonteCarlo))?
         .forward(&out, &c.xs()?)?;
     let analytic = ElboLoss::new(ElboLossConfig::default())?.forward(&out, &c.xs()?)?;
     // Per-sample batch-mean log ratios, for the standard error.
     let zs = values(&z)?;
     let per_sample: Vec<f64> = (0..K)
-        .map(|k| (0..N).map(|n| log_ratio(&c, n, &zs[(k * N + n) * D..(k * N + n + 1) * D])).sum::<f64>() / N as f64)
+        .map(|k| {
+            (0..N)
+                .map(|n| log_ratio(&c, n, &zs[(k * N + n) * D..(k * N + n + 1) * D]))
+                .sum::<f64>()
+                / N as f64
+        })
         .collect();
     let (mc_mean, se) = mean_and_se(&per_sample);
     // The loss averages exactly these samples (10⁵ f64 terms: rounding < 1e-10).
     assert_close("MC kl = sample mean", scalar(&mc.kl)?, mc_mean, 1e-10)?;
     // Unbiased: within 4 standard errors of the closed form (probability of a false alarm
     // 6·10⁻⁵; fixed seed).
-    assert_within_se("MC KL vs analytic", scalar(&mc.kl)?, se, scalar(&analytic.kl)?, 4.0)?;
+    assert_within_se(
+        "MC KL vs analytic",
+        scalar(&mc.kl)?,
+        se,
+        scalar(&analytic.kl)?,
+        4.0,
+    )?;
     assert_close("analytic kl", scalar(&analytic.kl)?, mean(&c.kl_n()), TOL)?;
     // Per dimension too (kl_per_dim averages the samples per dimension).
-    for (d, (m, a)) in values(&mc.kl_per_dim)?.iter().zip(values(&analytic.kl_per_dim)?).enumerate() {
+    for (d, (m, a)) in values(&mc.kl_per_dim)?
+        .iter()
+        .zip(values(&analytic.kl_per_dim)?)
+        .enumerate()
+    {
         // Each dimension's SE is below the total's; 4·(total SE) is a looser bound.
-        ensure!((m - a).abs() < 4.0 * se, "kl_per_dim[{d}]: MC {m} vs analytic {a} (se {se})");
+        ensure!(
+            (m - a).abs() < 4.0 * se,
+            "kl_per_dim[{d}]: MC {m} vs analytic {a} (se {se})"
+        );
     }
     // A multi-sample pass averages the reconstruction over its K samples: with the same
     // logits for every sample it equals the one-sample value.
-    assert_close("K-sample reconstruction", scalar(&mc.reconstruction)?, -mean(&c.log_lik()), TOL)?;
+    assert_close(
+        "K-sample reconstruction",
+        scalar(&mc.reconstruction)?,
+        -mean(&c.log_lik()),
+        TOL,
+    )?;
     Ok(())
 }
 
@@ -365,7 +524,10 @@ fn multi_sample_reconstruction_is_the_mean_over_samples() -> Result<()> {
         likelihood: Likelihood::Bernoulli,
     };
     let elbo = ElboLoss::new(ElboLossConfig::default())?.forward(&out, &c.xs()?)?;
-    let other = Case { logits: second, ..case() };
+    let other = Case {
+        logits: second,
+        ..case()
+    };
     let recon = -(mean(&c.log_lik()) + mean(&other.log_lik())) / 2.0;
     assert_close("mean over K", scalar(&elbo.reconstruction)?, recon, TOL)?;
     Ok(())
@@ -393,7 +555,10 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
     let xs = c.xs()?;
     let eps = tensor(&[0.3, -1.1, 0.8, 0.2, -0.5, 1.7], &[N, 2])?;
     let configs = [
-        (Likelihood::Bernoulli, ElboLossConfig::default().with_beta(1.5)),
+        (
+            Likelihood::Bernoulli,
+            ElboLossConfig::default().with_beta(1.5),
+        ),
         (
             Likelihood::ContinuousBernoulli,
             ElboLossConfig::default()
@@ -412,9 +577,16 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
         // is clamped and one is not (and neither within a step of the kink).
         let config = if case_index == 0 {
             let out = vae.forward_with_noise_t(&xs, &eps, true)?;
-            let kl_d = values(&ElboLoss::new(config.clone())?.forward(&out, &xs)?.kl_per_dim)?;
+            let kl_d = values(
+                &ElboLoss::new(config.clone())?
+                    .forward(&out, &xs)?
+                    .kl_per_dim,
+            )?;
             let lambda = 0.5 * (kl_d[0] + kl_d[1]);
-            ensure!((kl_d[0] - kl_d[1]).abs() > 1e-3, "KLs too close for a free-bits check: {kl_d:?}");
+            ensure!(
+                (kl_d[0] - kl_d[1]).abs() > 1e-3,
+                "KLs too close for a free-bits check: {kl_d:?}"
+            );
             config.with_free_bits(lambda)
         } else {
             config
@@ -428,7 +600,11 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
         let grads = loss.forward(&out, &xs)?.loss.backward()?;
         let mut checked = 0;
         for (name, var) in store.named_vars()? {
-            let grad = values(grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient for {name}"))?)?;
+            let grad = values(
+                grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| anyhow::anyhow!("no gradient for {name}"))?,
+            )?;
             let original = values(var.as_tensor())?;
             for i in 0..original.len() {
                 // Central differences with h = 1e-5: truncation h²/6·|f‴| ≈ 1e-10 and

@@ -7,7 +7,10 @@ mod common;
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor, Var};
 use candle_vae::{DiagonalGaussian, NoiseSource, NoiseState};
-use common::{CPU, assert_all_close, assert_bit_identical, assert_close, assert_within_se, mean_and_se, tensor, values};
+use common::{
+    CPU, assert_all_close, assert_bit_identical, assert_close, assert_within_se, mean_and_se,
+    tensor, values,
+};
 
 /// Samples for the Monte-Carlo gradients.
 const SAMPLES: usize = 200_000;
@@ -30,7 +33,11 @@ fn monte_carlo_gradients_of_sum_of_squares_match_closed_form() -> Result<()> {
     assert_eq!(z.dims(), &[SAMPLES, 1, 3]);
     let objective = (z.sqr()?.sum_all()? / SAMPLES as f64)?;
     let grads = objective.backward()?;
-    let g_mu = values(grads.get(mu.as_tensor()).ok_or_else(|| anyhow::anyhow!("no ∂/∂μ"))?)?;
+    let g_mu = values(
+        grads
+            .get(mu.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no ∂/∂μ"))?,
+    )?;
     let g_lv = values(
         grads
             .get(log_var.as_tensor())
@@ -47,10 +54,32 @@ fn monte_carlo_gradients_of_sum_of_squares_match_closed_form() -> Result<()> {
         let (m_lv, se_lv) = mean_and_se(&per_lv);
         // Autograd computes exactly the sample mean of the per-sample gradients (up to
         // summation order: 2·10⁵ f64 terms, relative error < 1e-11).
-        assert_close(&format!("autograd ∂/∂μ[{d}]"), g_mu[d], m_mu, 1e-11 * m_mu.abs().max(1.0))?;
-        assert_close(&format!("autograd ∂/∂logσ²[{d}]"), g_lv[d], m_lv, 1e-11 * m_lv.abs().max(1.0))?;
-        assert_within_se(&format!("∂E/∂μ[{d}] = 2μ"), g_mu[d], se_mu, 2.0 * MU[d], SE_MULTIPLE)?;
-        assert_within_se(&format!("∂E/∂logσ²[{d}] = σ²"), g_lv[d], se_lv, LOG_VAR[d].exp(), SE_MULTIPLE)?;
+        assert_close(
+            &format!("autograd ∂/∂μ[{d}]"),
+            g_mu[d],
+            m_mu,
+            1e-11 * m_mu.abs().max(1.0),
+        )?;
+        assert_close(
+            &format!("autograd ∂/∂logσ²[{d}]"),
+            g_lv[d],
+            m_lv,
+            1e-11 * m_lv.abs().max(1.0),
+        )?;
+        assert_within_se(
+            &format!("∂E/∂μ[{d}] = 2μ"),
+            g_mu[d],
+            se_mu,
+            2.0 * MU[d],
+            SE_MULTIPLE,
+        )?;
+        assert_within_se(
+            &format!("∂E/∂logσ²[{d}] = σ²"),
+            g_lv[d],
+            se_lv,
+            LOG_VAR[d].exp(),
+            SE_MULTIPLE,
+        )?;
     }
     Ok(())
 }
@@ -66,7 +95,13 @@ fn samples_have_the_distributions_moments() -> Result<()> {
         // (z − μ)² has mean σ² and standard deviation √2·σ².
         let sq: Vec<f64> = zs[d].iter().map(|z| (z - MU[d]).powi(2)).collect();
         let (var, se) = mean_and_se(&sq);
-        assert_within_se(&format!("variance[{d}]"), var, se, LOG_VAR[d].exp(), SE_MULTIPLE)?;
+        assert_within_se(
+            &format!("variance[{d}]"),
+            var,
+            se,
+            LOG_VAR[d].exp(),
+            SE_MULTIPLE,
+        )?;
     }
     Ok(())
 }
@@ -91,12 +126,18 @@ fn same_seed_gives_bit_identical_samples() -> Result<()> {
         let b = q.rsample_n(5, &mut NoiseSource::new(99))?;
         assert_bit_identical(&format!("{dtype:?} rsample_n"), &a, &b)?;
         let c = q.rsample(&mut NoiseSource::new(100))?;
-        ensure!(values(&a.get(0)?)? != values(&c)?, "seeds 99 and 100 gave the same z");
+        ensure!(
+            values(&a.get(0)?)? != values(&c)?,
+            "seeds 99 and 100 gave the same z"
+        );
         // Consecutive draws from one source differ.
         let mut noise = NoiseSource::new(99);
         let first = q.rsample(&mut noise)?;
         let second = q.rsample(&mut noise)?;
-        ensure!(values(&first)? != values(&second)?, "a source repeated itself");
+        ensure!(
+            values(&first)? != values(&second)?,
+            "a source repeated itself"
+        );
     }
     Ok(())
 }
@@ -106,7 +147,11 @@ fn rsample_is_mean_plus_std_times_the_sources_noise() -> Result<()> {
     let q = posterior(DType::F64)?;
     let eps = NoiseSource::new(7).standard_normal((4, 3), DType::F64, &CPU)?;
     // rsample draws exactly the ε the source would give, and applies rsample_with.
-    assert_bit_identical("rsample vs rsample_with", &q.rsample(&mut NoiseSource::new(7))?, &q.rsample_with(&eps)?)?;
+    assert_bit_identical(
+        "rsample vs rsample_with",
+        &q.rsample(&mut NoiseSource::new(7))?,
+        &q.rsample_with(&eps)?,
+    )?;
     // rsample_with(ε) = μ + exp(½ log σ²)·ε, computed here element by element (f64; the
     // exp may differ from candle's by an ulp, so 1e-15 relative on O(1) values).
     let (m, lv, e) = (values(q.mean())?, values(q.log_var())?, values(&eps)?);
@@ -117,11 +162,17 @@ fn rsample_is_mean_plus_std_times_the_sources_noise() -> Result<()> {
     let zk = q.rsample_with(&eps_k)?;
     assert_eq!(zk.dims(), &[2, 4, 3]);
     let ek = values(&eps_k)?;
-    let want: Vec<f64> = (0..24).map(|i| m[i % 12] + (0.5 * lv[i % 12]).exp() * ek[i]).collect();
+    let want: Vec<f64> = (0..24)
+        .map(|i| m[i % 12] + (0.5 * lv[i % 12]).exp() * ek[i])
+        .collect();
     assert_all_close("μ + σε (K, N, D)", &values(&zk)?, &want, 1e-14)?;
     // rsample_n(k) uses a (k, N, D) draw.
     let eps_n = NoiseSource::new(9).standard_normal((6, 4, 3), DType::F64, &CPU)?;
-    assert_bit_identical("rsample_n", &q.rsample_n(6, &mut NoiseSource::new(9))?, &q.rsample_with(&eps_n)?)?;
+    assert_bit_identical(
+        "rsample_n",
+        &q.rsample_n(6, &mut NoiseSource::new(9))?,
+        &q.rsample_with(&eps_n)?,
+    )?;
     Ok(())
 }
 
@@ -133,14 +184,31 @@ fn rsample_with_passes_gradients_to_mean_and_log_variance_only() -> Result<()> {
     let q = DiagonalGaussian::new(mu.as_tensor().clone(), log_var.as_tensor().clone())?;
     let grads = q.rsample_with(eps.as_tensor())?.sum_all()?.backward()?;
     // ∂z/∂μ = 1, ∂z/∂log σ² = ½σε.
-    let g_mu = values(grads.get(mu.as_tensor()).ok_or_else(|| anyhow::anyhow!("no ∂/∂μ"))?)?;
+    let g_mu = values(
+        grads
+            .get(mu.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no ∂/∂μ"))?,
+    )?;
     assert_all_close("∂z/∂μ", &g_mu, &[1.0; 3], 0.0)?;
-    let g_lv = values(grads.get(log_var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no ∂/∂logσ²"))?)?;
-    let want: Vec<f64> = (0..3).map(|d| 0.5 * (LOG_VAR[d] / 2.0).exp() * [0.3, -1.2, 2.0][d]).collect();
+    let g_lv = values(
+        grads
+            .get(log_var.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no ∂/∂logσ²"))?,
+    )?;
+    let want: Vec<f64> = (0..3)
+        .map(|d| 0.5 * (LOG_VAR[d] / 2.0).exp() * [0.3, -1.2, 2.0][d])
+        .collect();
     assert_all_close("∂z/∂logσ²", &g_lv, &want, 1e-15)?;
     // A detached posterior passes nothing back.
-    let grads = q.detach().rsample_with(eps.as_tensor())?.sum_all()?.backward()?;
-    ensure!(grads.get(mu.as_tensor()).is_none(), "detach() still reaches μ");
+    let grads = q
+        .detach()
+        .rsample_with(eps.as_tensor())?
+        .sum_all()?
+        .backward()?;
+    ensure!(
+        grads.get(mu.as_tensor()).is_none(),
+        "detach() still reaches μ"
+    );
     Ok(())
 }
 
@@ -152,13 +220,22 @@ fn rsample_n_shapes_and_errors() -> Result<()> {
     for k in [1, 2, 17] {
         assert_eq!(q.rsample_n(k, &mut noise)?.dims(), &[k, 4, 3]);
     }
-    let err = q.rsample_n(0, &mut noise).err().ok_or_else(|| anyhow::anyhow!("k = 0 accepted"))?;
+    let err = q
+        .rsample_n(0, &mut noise)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("k = 0 accepted"))?;
     ensure!(err.to_string().contains('k'), "message: {err}");
     // ε of the wrong shape is an error naming both shapes.
     let bad = Tensor::zeros((4, 2), DType::F32, &CPU)?;
-    let err = q.rsample_with(&bad).err().ok_or_else(|| anyhow::anyhow!("bad ε accepted"))?;
+    let err = q
+        .rsample_with(&bad)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("bad ε accepted"))?;
     let msg = err.to_string();
-    ensure!(msg.contains("[4, 2]") && msg.contains("[4, 3]"), "message: {msg}");
+    ensure!(
+        msg.contains("[4, 2]") && msg.contains("[4, 3]"),
+        "message: {msg}"
+    );
     Ok(())
 }
 
@@ -175,8 +252,16 @@ fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
     let restored: NoiseState = serde_json::from_str(&json)?;
     assert_eq!(restored, state);
     let mut resumed = NoiseSource::from_state(restored);
-    assert_bit_identical("resumed normal", &resumed.standard_normal((3, 5), DType::F64, &CPU)?, &expected)?;
-    assert_bit_identical("resumed uniform", &resumed.uniform(7, DType::F32, &CPU)?, &expected_u)?;
+    assert_bit_identical(
+        "resumed normal",
+        &resumed.standard_normal((3, 5), DType::F64, &CPU)?,
+        &expected,
+    )?;
+    assert_bit_identical(
+        "resumed uniform",
+        &resumed.uniform(7, DType::F32, &CPU)?,
+        &expected_u,
+    )?;
 
     // A substream's state resumes it too, and substreams differ from each other and the parent.
     let parent = NoiseSource::new(31);
@@ -185,14 +270,23 @@ fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
     let a = s1.standard_normal(8, DType::F64, &CPU)?;
     let b = s2.standard_normal(8, DType::F64, &CPU)?;
     let c = NoiseSource::new(31).standard_normal(8, DType::F64, &CPU)?;
-    ensure!(values(&a)? != values(&b)? && values(&a)? != values(&c)?, "substreams coincide");
+    ensure!(
+        values(&a)? != values(&b)? && values(&a)? != values(&c)?,
+        "substreams coincide"
+    );
     let mid = s1.state();
     let next = s1.standard_normal(8, DType::F64, &CPU)?;
-    assert_bit_identical("resumed substream", &NoiseSource::from_state(mid).standard_normal(8, DType::F64, &CPU)?, &next)?;
+    assert_bit_identical(
+        "resumed substream",
+        &NoiseSource::from_state(mid).standard_normal(8, DType::F64, &CPU)?,
+        &next,
+    )?;
     // The same substream of the same seed is the same stream.
     assert_bit_identical(
         "substream(1) twice",
-        &NoiseSource::new(31).substream(1).standard_normal(8, DType::F64, &CPU)?,
+        &NoiseSource::new(31)
+            .substream(1)
+            .standard_normal(8, DType::F64, &CPU)?,
         &a,
     )?;
     Ok(())
@@ -201,7 +295,10 @@ fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
 #[test]
 fn uniform_draws_are_in_unit_interval_with_right_moments() -> Result<()> {
     let u = values(&NoiseSource::new(4).uniform(SAMPLES, DType::F64, &CPU)?)?;
-    ensure!(u.iter().all(|&v| (0.0..1.0).contains(&v)), "uniform draw outside [0, 1)");
+    ensure!(
+        u.iter().all(|&v| (0.0..1.0).contains(&v)),
+        "uniform draw outside [0, 1)"
+    );
     let (mean, se) = mean_and_se(&u);
     assert_within_se("uniform mean", mean, se, 0.5, SE_MULTIPLE)?;
     let sq: Vec<f64> = u.iter().map(|v| (v - 0.5).powi(2)).collect();

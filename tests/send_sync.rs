@@ -7,7 +7,7 @@ use anyhow::Result;
 use candle_core::DType;
 use candle_vae::estimate::ImportanceSamplingConfig;
 use candle_vae::{
-    ActiveUnits, Activation, Adam, AdamConfig, Checkpoint, ConditionalVae, ConvDecoder,
+    Activation, ActiveUnits, Adam, AdamConfig, Checkpoint, ConditionalVae, ConvDecoder,
     ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, DiagonalGaussian, Elbo, ElboLoss,
     ElboLossConfig, Error, GaussianMean, GaussianVariance, ImageShape, KlEstimator, KlSchedule,
     Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,

@@ -14,14 +14,20 @@ const PER_CLUSTER: usize = 32;
 
 /// Binary entropy in nats.
 fn h(p: f64) -> f64 {
-    if p <= 0.0 || p >= 1.0 { 0.0 } else { -p * p.ln() - (1.0 - p) * (1.0 - p).ln() }
+    if p <= 0.0 || p >= 1.0 {
+        0.0
+    } else {
+        -p * p.ln() - (1.0 - p) * (1.0 - p).ln()
+    }
 }
 
 #[test]
 fn tiny_vae_learns_structure_in_300_steps() -> Result<()> {
     // 4 random 16-bit prototypes, 32 copies each: the data distribution has entropy ln 4.
     let protos = binary_prototypes(CLUSTERS, WIDTH, 21)?;
-    let rows: Vec<f64> = (0..CLUSTERS * PER_CLUSTER).flat_map(|i| protos[i % CLUSTERS].clone()).collect();
+    let rows: Vec<f64> = (0..CLUSTERS * PER_CLUSTER)
+        .flat_map(|i| protos[i % CLUSTERS].clone())
+        .collect();
     let xs = tensor(&rows, &[CLUSTERS * PER_CLUSTER, WIDTH])?.to_dtype(DType::F32)?;
 
     // The margin. A decoder that ignores z is a product of per-pixel Bernoullis; its best
@@ -34,7 +40,10 @@ fn tiny_vae_learns_structure_in_300_steps() -> Result<()> {
     let independent: f64 = (0..WIDTH)
         .map(|j| h(protos.iter().map(|p| p[j]).sum::<f64>() / CLUSTERS as f64))
         .sum();
-    ensure!(independent > 4.0, "prototypes too alike for a meaningful margin: {independent}");
+    ensure!(
+        independent > 4.0,
+        "prototypes too alike for a meaningful margin: {independent}"
+    );
     let target = independent - 3.0;
 
     let store = ParamStore::new(3);
@@ -52,20 +61,30 @@ fn tiny_vae_learns_structure_in_300_steps() -> Result<()> {
         Ok(total / 8.0)
     };
     let initial = evaluate(&mut noise)?;
-    ensure!(initial > target + 2.0, "the untrained model already meets the target: {initial} vs {target}");
+    ensure!(
+        initial > target + 2.0,
+        "the untrained model already meets the target: {initial} vs {target}"
+    );
     for _ in 0..300 {
         let out = vae.forward_t(&xs, &mut noise, true)?;
         opt.backward_step(&loss.forward(&out, &xs)?.loss)?;
     }
     let trained = evaluate(&mut noise)?;
     // Seen on this seed: Σ H(p̂_j) = 7.96, initial 11.25, trained 2.28, bound ln 4 = 1.39.
-    ensure!(initial - trained > 5.0, "−ELBO dropped only {:.3} nats (from {initial:.3} to {trained:.3})", initial - trained);
+    ensure!(
+        initial - trained > 5.0,
+        "−ELBO dropped only {:.3} nats (from {initial:.3} to {trained:.3})",
+        initial - trained
+    );
     ensure!(
         trained < target,
         "−ELBO after 300 steps {trained:.3} is not below {target:.3} (= Σ H(p̂_j) − 3, the best \
          latent-free model minus 3 nats); it started at {initial:.3}"
     );
     // And it obeys the lower bound (a −ELBO below ln 4 would be a bug in the loss).
-    ensure!(trained > (CLUSTERS as f64).ln(), "−ELBO {trained} below the entropy bound ln 4");
+    ensure!(
+        trained > (CLUSTERS as f64).ln(),
+        "−ELBO {trained} below the entropy bound ln 4"
+    );
     Ok(())
 }

@@ -24,7 +24,11 @@ pub fn values(t: &Tensor) -> Result<Vec<f64>> {
 /// A scalar (rank-0 or one-element) tensor as `f64`.
 pub fn scalar(t: &Tensor) -> Result<f64> {
     let v = values(t)?;
-    ensure!(v.len() == 1, "expected one value, found shape {:?}", t.dims());
+    ensure!(
+        v.len() == 1,
+        "expected one value, found shape {:?}",
+        t.dims()
+    );
     Ok(v[0])
 }
 
@@ -88,7 +92,13 @@ pub fn mean_and_se(samples: &[f64]) -> (f64, f64) {
 }
 
 /// Fails unless `estimate` is within `multiple` standard errors of `truth`.
-pub fn assert_within_se(what: &str, estimate: f64, se: f64, truth: f64, multiple: f64) -> Result<()> {
+pub fn assert_within_se(
+    what: &str,
+    estimate: f64,
+    se: f64,
+    truth: f64,
+    multiple: f64,
+) -> Result<()> {
     ensure!(
         (estimate - truth).abs() <= multiple * se,
         "{what}: estimate {estimate:.6} vs truth {truth:.6}: off by {:.2} standard errors \
@@ -192,7 +202,8 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A fresh, empty directory whose name includes `tag` and the process id.
     pub fn new(tag: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("candle-vae-test-{tag}-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("candle-vae-test-{tag}-{}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path)?;
         }
@@ -245,7 +256,11 @@ pub fn mlp_vae(
 pub fn binary_prototypes(count: usize, dim: usize, seed: u64) -> Result<Vec<Vec<f64>>> {
     let u = values(&candle_vae::NoiseSource::new(seed).uniform((count, dim), DType::F64, &CPU)?)?;
     Ok(u.chunks(dim)
-        .map(|row| row.iter().map(|&v| if v < 0.5 { 0.0 } else { 1.0 }).collect())
+        .map(|row| {
+            row.iter()
+                .map(|&v| if v < 0.5 { 0.0 } else { 1.0 })
+                .collect()
+        })
         .collect())
 }
 
@@ -259,8 +274,17 @@ pub fn snapshot(store: &candle_vae::ParamStore) -> Result<Vec<(String, Vec<f64>)
 }
 
 /// Fails unless two snapshots are bit-identical.
-pub fn assert_same_snapshot(what: &str, a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]) -> Result<()> {
-    ensure!(a.len() == b.len(), "{what}: {} vs {} tensors", a.len(), b.len());
+pub fn assert_same_snapshot(
+    what: &str,
+    a: &[(String, Vec<f64>)],
+    b: &[(String, Vec<f64>)],
+) -> Result<()> {
+    ensure!(
+        a.len() == b.len(),
+        "{what}: {} vs {} tensors",
+        a.len(),
+        b.len()
+    );
     for ((na, va), (nb, vb)) in a.iter().zip(b) {
         ensure!(na == nb, "{what}: tensor {na} vs {nb}");
         ensure!(
