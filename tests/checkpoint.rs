@@ -14,8 +14,8 @@ use candle_vae::{
     Vae,
 };
 use common::{
-    CPU, TempDir, assert_all_close, assert_bit_identical, assert_close, assert_same_snapshot,
-    mlp_vae, scalar, snapshot, tensor, values,
+    CPU, Snapshot, TempDir, assert_all_close, assert_bit_identical, assert_close,
+    assert_same_snapshot, mlp_vae, scalar, snapshot, tensor, values,
 };
 
 type MlpVae = Vae<MlpEncoder, MlpDecoder>;
@@ -188,7 +188,7 @@ fn optimizer_and_noise_state_resume_training_bit_for_bit() -> Result<()> {
     checkpoint.save(&path)?;
 
     // A fresh process: another initialisation, a new optimiser; restore and continue.
-    let resume = |with_optimizer: bool| -> Result<(Vec<u32>, Vec<(String, Vec<f64>)>)> {
+    let resume = |with_optimizer: bool| -> Result<(Vec<u32>, Snapshot)> {
         let (store, vae) = model(123)?;
         let mut opt = Adam::from_store(&store, config)?;
         let loaded = Checkpoint::load(&path, &CPU)?;

@@ -8,11 +8,11 @@ use candle_vae::{
     Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
     MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
 };
-use common::{CPU, assert_same_snapshot, mlp_vae, snapshot};
+use common::{CPU, Snapshot, assert_same_snapshot, mlp_vae, snapshot};
 
 /// 20 Adam steps of a small VAE on a fixed batch: the loss after every step (as bits) and
 /// the final parameters.
-fn train(param_seed: u64, noise_seed: u64) -> Result<(Vec<u32>, Vec<(String, Vec<f64>)>)> {
+fn train(param_seed: u64, noise_seed: u64) -> Result<(Vec<u32>, Snapshot)> {
     let store = ParamStore::new(param_seed);
     let vae = mlp_vae(&store, 12, &[16], 3, Likelihood::Bernoulli, DType::F32)?;
     let mut opt = Adam::from_store(&store, AdamConfig::new(1e-2))?;

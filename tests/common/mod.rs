@@ -264,8 +264,11 @@ pub fn binary_prototypes(count: usize, dim: usize, seed: u64) -> Result<Vec<Vec<
         .collect())
 }
 
+/// Every parameter's values by name.
+pub type Snapshot = Vec<(String, Vec<f64>)>;
+
 /// Every parameter's current values by name, for before/after comparisons.
-pub fn snapshot(store: &candle_vae::ParamStore) -> Result<Vec<(String, Vec<f64>)>> {
+pub fn snapshot(store: &candle_vae::ParamStore) -> Result<Snapshot> {
     store
         .named_vars()?
         .into_iter()
