@@ -95,6 +95,31 @@ fn mlp_cvae_shapes_and_condition_paths() -> Result<()> {
 }
 
 #[test]
+fn each_of_k_samples_is_decoded_with_its_own_examples_condition() -> Result<()> {
+    // forward_samples_t flattens (k, N) into one batch for the decoder; sample j of
+    // example n must be decoded with condition n. Compare with k one-sample passes on the
+    // same ε (drawn from the same seed as a (k, N, D) block).
+    let store = ParamStore::new(1);
+    let cvae = mlp_cvae(&store, 16, 4, 2, 8)?;
+    let xs = NoiseSource::new(2).uniform((5, 16), DType::F32, &CPU)?;
+    let ys = one_hot(&[0, 1, 2, 3, 1], 4)?;
+    let k = 3;
+    let out = cvae.forward_samples_t(&xs, &ys, k, &mut NoiseSource::new(3), false)?;
+    let eps = NoiseSource::new(3).standard_normal((k, 5, 2), DType::F32, &CPU)?;
+    for j in 0..k {
+        let single = cvae.forward_with_noise_t(&xs, &ys, &eps.get(j)?, false)?;
+        // Same arithmetic on a batch of another size: f32 matmul blocking may differ, so
+        // 1e-5 on O(1) outputs of width-8 layers (a few ulps).
+        let (a, b) = (values(&out.params.get(j)?)?, values(&single.params)?);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            ensure!((x - y).abs() < 1e-5, "sample {j}, value {i}: {x} vs {y}");
+        }
+        assert_bit_identical(&format!("z of sample {j}"), &out.z.get(j)?, &single.z)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn conv_cvae_shapes_and_condition_paths() -> Result<()> {
     let store = ParamStore::new(1);
     let vb = store.var_builder(DType::F32, &CPU);

@@ -634,3 +634,32 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn mlp_vae_on_image_shaped_data_scores_like_flat_data() -> Result<()> {
+    // An MLP VAE takes (N, 1, 4, 5) images as 20-wide rows; with two parameters per pixel
+    // the decoder's first 20 outputs are the means and the next 20 the log-variances, in
+    // both layouts. The loss must not depend on the layout (f32 through identical ops:
+    // bit-identical).
+    let store = ParamStore::new(3);
+    let vae = common::mlp_vae(
+        &store,
+        20,
+        &[8],
+        2,
+        Likelihood::gaussian_per_element(GaussianMean::Sigmoid),
+        DType::F32,
+    )?;
+    let flat = NoiseSource::new(1).uniform((3, 20), DType::F32, &CPU)?;
+    let image = flat.reshape((3, 1, 4, 5))?;
+    let eps = NoiseSource::new(2).standard_normal((3, 2), DType::F32, &CPU)?;
+    let loss = ElboLoss::new(ElboLossConfig::default())?;
+    let a = loss.forward(&vae.forward_with_noise_t(&flat, &eps, true)?, &flat)?;
+    let out = vae.forward_with_noise_t(&image, &eps, true)?;
+    assert_eq!(out.params.dims(), &[3, 2, 4, 5]);
+    assert_eq!(out.mean()?.dims(), &[3, 1, 4, 5]);
+    let b = loss.forward(&out, &image)?;
+    common::assert_bit_identical("loss", &a.loss, &b.loss)?;
+    common::assert_bit_identical("per_example", &a.per_example, &b.per_example)?;
+    Ok(())
+}
