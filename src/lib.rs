@@ -61,6 +61,7 @@ pub mod device;
 pub mod distribution;
 pub mod error;
 pub mod estimate;
+pub mod fused;
 pub mod layers;
 pub mod likelihood;
 pub mod loss;
