@@ -2,28 +2,37 @@
 //! without transposed copies.
 //!
 //! Plain candle computes `x.matmul(W.t()).broadcast_add(b).relu()` (three allocations and
-//! passes) and, backwards, multiplies the gradient by a relu mask built in three more ops,
-//! reduces the bias gradient in a separate pass, takes the product for W's gradient in the
-//! transposed `(in, out)` layout and then adds that transposed view into W's gradient
-//! (a strided, scalar copy), and computes the gradient of the input even when the input is
-//! data. Here:
+//! passes, one of them zero-filling the product) and, backwards, multiplies the gradient
+//! by a relu mask built in three more ops, reduces the bias gradient in a separate pass,
+//! takes the product for W's gradient in the transposed `(in, out)` layout and then adds
+//! that transposed view into W's gradient (a strided, scalar copy), and computes the
+//! gradient of the input even when the input is data. Here:
 //!
-//! * forward: one matrix product (candle's, on a transposed view), then one pass that adds
-//!   the bias and applies ReLU;
-//! * backward: one pass that masks the gradient and sums the bias gradient; ∂W = gᵀ·x
-//!   straight into W's `(out, in)` layout; ∂x = g·W only if x needs a gradient.
+//! * forward: the output buffer is filled with the bias rows and the product `x·Wᵀ` is
+//!   accumulated onto it, then ReLU applied, block by block of output columns;
+//! * backward: one pass masks the gradient and sums the bias gradient; ∂W = gᵀ·x is
+//!   written straight in W's `(out, in)` layout; ∂x = g·W only if x needs a gradient.
+//!
+//! The products run in blocks (of output columns forwards, of rows backwards) that rayon
+//! spreads over its threads by work stealing, each block one single-threaded `gemm`, so a
+//! thread that the OS deschedules holds up no other.
 //!
 //! The ReLU gradient is taken as 0 where the output is 0, as PyTorch does (candle's
 //! `relu` passes the gradient at exactly 0; the two differ only on that measure-zero set).
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, bail};
 use candle_nn::Linear;
+use rayon::prelude::*;
 
+use super::gemm::{MatMut, MatRef, matmul};
 use super::math::vectorized;
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::layers::Activation;
+
+/// Below this many multiply-adds a product runs in one piece on the calling thread.
+const SPLIT_ABOVE: usize = 1 << 20;
+/// Blocks per thread, so that work stealing can even out a slow thread.
+const BLOCKS_PER_THREAD: usize = 2;
 
 /// `activation(layer(x))`: the fused kernel where it applies (enabled, CPU, `f32`, `x` of
 /// rank 2, a bias), candle's ops elsewhere. ReLU is fused; any other activation is applied
@@ -49,6 +58,8 @@ pub(crate) fn linear(
                 && x.dim(1)? == w.dim(1)?
                 && b.dim(0)? == w.dim(0)?
                 && b.dim(0)? > 0
+                && w.is_contiguous()
+                && b.is_contiguous()
                 && [x, w, b].iter().all(|t| is_cpu_f32(t)) =>
         {
             Some(b)
@@ -63,25 +74,47 @@ pub(crate) fn linear(
         };
     };
     let relu = activation == Some(Activation::Relu);
-    let product = x.detach().matmul(&w.detach().t()?)?;
-    let y = x.apply_op3(
-        w,
-        b,
-        LinearOp {
-            product: Mutex::new(Some(product)),
-            relu,
-        },
-    )?;
+    let y = x.contiguous()?.apply_op3(w, b, LinearOp { relu })?;
     match activation {
         Some(act) if !relu => act.forward(&y),
         _ => Ok(y),
     }
 }
 
-/// `act(x·Wᵀ + b)` given the product x·Wᵀ, computed before the op runs.
+/// How many blocks to cut a product of `flops` multiply-adds with `extent` rows or
+/// columns to split into: one on a single thread or for a small product.
+fn blocks_for(flops: usize, extent: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || flops < SPLIT_ABOVE {
+        1
+    } else {
+        (threads * BLOCKS_PER_THREAD)
+            .min(extent.div_ceil(16))
+            .max(1)
+    }
+}
+
+/// Width of `blocks` blocks over `extent`, rounded up to a multiple of 16 (one AVX-512
+/// register of `f32`).
+fn block_width(extent: usize, blocks: usize) -> usize {
+    extent.div_ceil(blocks.max(1)).div_ceil(16) * 16
+}
+
+/// Runs `tasks` on rayon's threads (or in order, if there is one), stopping at the first
+/// error.
+fn run_all<T: Send>(
+    tasks: Vec<T>,
+    f: impl Fn(T) -> candle_core::Result<()> + Sync + Send,
+) -> candle_core::Result<()> {
+    if tasks.len() <= 1 {
+        tasks.into_iter().try_for_each(f)
+    } else {
+        tasks.into_par_iter().try_for_each(f)
+    }
+}
+
+/// `act(x·Wᵀ + b)`.
 struct LinearOp {
-    /// x·Wᵀ, `(N, out)`, taken by the forward pass.
-    product: Mutex<Option<Tensor>>,
     relu: bool,
 }
 
@@ -92,26 +125,41 @@ impl CustomOp3 for LinearOp {
 
     fn cpu_fwd(
         &self,
-        _x: &CpuStorage,
-        _x_l: &Layout,
-        _w: &CpuStorage,
-        _w_l: &Layout,
+        x: &CpuStorage,
+        x_l: &Layout,
+        w: &CpuStorage,
+        w_l: &Layout,
         b: &CpuStorage,
         b_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let product = match self.product.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(_) => bail!("candle-vae-linear: lock poisoned"),
-        };
-        let Some(product) = product else {
-            bail!("candle-vae-linear: the forward pass ran twice")
-        };
-        let shape = product.shape().clone();
+        let (n, fan_in) = x_l.shape().dims2()?;
+        let (fan_out, _) = w_l.shape().dims2()?;
+        let x = MatRef::row_major(slice(x, x_l)?, n, fan_in)?;
+        let w = MatRef::row_major(slice(w, w_l)?, fan_out, fan_in)?;
         let bias = slice(b, b_l)?;
-        let out = with_slice(&product.contiguous()?, |xw| {
-            Ok(bias_activation(xw, bias, self.relu))
+        if bias.len() != fan_out {
+            bail!(
+                "candle-vae-linear: bias of {} for {fan_out} outputs",
+                bias.len()
+            )
+        }
+        let mut out = Vec::with_capacity(n * fan_out);
+        for _ in 0..n {
+            out.extend_from_slice(bias);
+        }
+        let blocks = blocks_for(n * fan_in * fan_out, fan_out);
+        let tasks =
+            MatMut::row_major(&mut out, n, fan_out)?.col_blocks(block_width(fan_out, blocks))?;
+        let relu = self.relu;
+        run_all(tasks, |(start, mut block)| {
+            let cols = w.t().cols(start..start + block.cols())?;
+            matmul(&mut block, x, cols, true)?;
+            if relu {
+                block.for_each_row(|_, row| relu_in_place(row));
+            }
+            Ok(())
         })?;
-        Ok((CpuStorage::F32(out), shape))
+        Ok((CpuStorage::F32(out), Shape::from((n, fan_out))))
     }
 
     fn bwd(
@@ -123,51 +171,91 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (n, out) = grad.dims2()?;
+        let (n, fan_out) = grad.dims2()?;
+        let fan_in = x.dim(1)?;
         // One pass: the gradient before the activation, and its column sums (∂b).
-        let (grad_pre, grad_b) = with_slice(&grad, |g| {
+        let (masked, grad_b) = with_slice(&grad, |g| {
             if self.relu {
                 with_slice(y, |y| {
-                    let (masked, bias) = relu_backward(g, y, out);
-                    Ok((Some(masked), bias))
+                    let (masked, sums) = relu_backward(g, y, fan_out);
+                    Ok((Some(masked), sums))
                 })
             } else {
-                Ok((None, column_sums(g, out)))
+                Ok((None, column_sums(g, fan_out)))
             }
         })?;
-        let grad_pre = match grad_pre {
-            Some(masked) => Tensor::from_vec(masked, (n, out), &Device::Cpu)?,
-            None => grad,
+        let need_x = x.track_op();
+        let mut grad_w = vec![0f32; fan_out * fan_in];
+        let mut grad_x = if need_x {
+            vec![0f32; n * fan_in]
+        } else {
+            Vec::new()
         };
-        let grad_b = Tensor::from_vec(grad_b, out, &Device::Cpu)?;
-        // ∂W = gᵀ·x lands in W's own (out, in) layout: no transposed copy to add.
-        let grad_w = grad_pre.t()?.matmul(&x.detach())?;
-        let grad_x = if x.track_op() {
-            Some(grad_pre.matmul(&w.detach())?)
+        with_slice(&grad, |g| {
+            let g = masked.as_deref().unwrap_or(g);
+            let g = MatRef::row_major(g, n, fan_out)?;
+            with_slice(x, |xs| {
+                with_slice(w, |ws| {
+                    let xs = MatRef::row_major(xs, n, fan_in)?;
+                    let ws = MatRef::row_major(ws, fan_out, fan_in)?;
+                    // ∂W = gᵀ·x, by blocks of W's rows; ∂x = g·W, by blocks of x's rows.
+                    let flops = n * fan_in * fan_out;
+                    let rows_w = block_width(fan_out, blocks_for(flops, fan_out));
+                    let rows_x = block_width(n, blocks_for(flops, n));
+                    let mut tasks: Vec<Task<'_>> = grad_w
+                        .chunks_mut(rows_w * fan_in)
+                        .enumerate()
+                        .map(|(i, dst)| Task::Weight(i * rows_w, dst))
+                        .collect();
+                    tasks.extend(
+                        grad_x
+                            .chunks_mut(rows_x * fan_in)
+                            .enumerate()
+                            .map(|(i, dst)| Task::Input(i * rows_x, dst)),
+                    );
+                    run_all(tasks, |task| match task {
+                        Task::Weight(first, dst) => {
+                            let rows = dst.len() / fan_in;
+                            let mut dst = MatMut::row_major(dst, rows, fan_in)?;
+                            matmul(&mut dst, g.t().rows(first..first + rows)?, xs, false)
+                        }
+                        Task::Input(first, dst) => {
+                            let rows = dst.len() / fan_in;
+                            let mut dst = MatMut::row_major(dst, rows, fan_in)?;
+                            matmul(&mut dst, g.rows(first..first + rows)?, ws, false)
+                        }
+                    })
+                })
+            })
+        })?;
+        let grad_x = if need_x {
+            Some(Tensor::from_vec(grad_x, (n, fan_in), &Device::Cpu)?)
         } else {
             None
         };
-        Ok((grad_x, Some(grad_w), Some(grad_b)))
+        Ok((
+            grad_x,
+            Some(Tensor::from_vec(grad_w, (fan_out, fan_in), &Device::Cpu)?),
+            Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?),
+        ))
     }
 }
 
-/// act(xw + b) row by row, `xw` `(N, out)` row-major, `bias` `(out,)`.
-fn bias_activation(xw: &[f32], bias: &[f32], relu: bool) -> Vec<f32> {
-    let mut out = Vec::with_capacity(xw.len());
+/// One block of the backward products: the first row and the rows of ∂W or ∂x it fills.
+enum Task<'a> {
+    Weight(usize, &'a mut [f32]),
+    Input(usize, &'a mut [f32]),
+}
+
+fn relu_in_place(row: &mut [f32]) {
     vectorized(
         #[inline(always)]
         || {
-            for row in xw.chunks_exact(bias.len()) {
-                let biased = row.iter().zip(bias).map(|(v, b)| v + b);
-                if relu {
-                    out.extend(biased.map(|v| v.max(0.0)));
-                } else {
-                    out.extend(biased);
-                }
+            for v in row.iter_mut() {
+                *v = v.max(0.0);
             }
         },
     );
-    out
 }
 
 /// The gradient before a ReLU (zero where the output is zero) and its column sums.

@@ -37,6 +37,7 @@ use std::cell::Cell;
 
 pub(crate) mod adam;
 pub(crate) mod elbo;
+mod gemm;
 pub(crate) mod linear;
 mod math;
 mod storage;
