@@ -164,6 +164,7 @@ impl Adam {
     /// [`Error::InvalidConfig`] if the config breaks a rule.
     pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> crate::Result<Self> {
         config.validate()?;
+        fused::prime_allocator();
         let slots = params
             .into_iter()
             .filter(|(_, var)| var.dtype().is_float())

@@ -73,6 +73,7 @@ pub(crate) fn linear(
             None => Ok(y),
         };
     };
+    super::prime_allocator();
     let relu = activation == Some(Activation::Relu);
     let y = x.contiguous()?.apply_op3(w, b, LinearOp { relu })?;
     match activation {
