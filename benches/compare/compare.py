@@ -16,7 +16,8 @@ Workloads (pick with --what, default all):
 Usage (from the repository root):
   python3 benches/compare/compare.py --data /work/shared/datasets/mnist --runs 5
 Options: --torch-python PATH (default $HOME/torch-venv/bin/python), --peer PATH
-(default ../shared/bench/peer_torch_vae.py beside the checkout), --threads 2, --candle-env 'K=V …'
+(default ../shared/bench/peer_torch_vae.py beside the checkout), --threads 2 (both sides: torch.set_num_threads and
+RAYON_NUM_THREADS for candle), --candle-env 'K=V …'
 (extra environment for the candle runs only), --what train,nll, --no-build.
 """
 import argparse
@@ -98,6 +99,9 @@ def main():
     data = tempfile.mkdtemp(prefix="mnist-idx-")
     unpack_mnist(args.data, data)
     env = dict(os.environ)
+    # The same thread count on both sides: torch.set_num_threads and rayon's pool (which
+    # candle's gemm and the fused kernels use).
+    env["RAYON_NUM_THREADS"] = str(args.threads)
     for pair in args.candle_env.split():
         key, value = pair.split("=", 1)
         env[key] = value
