@@ -48,10 +48,18 @@
 //!
 //! ## Features
 //! `cuda`, `cudnn`, `metal`, `mkl`, `accelerate` forward to candle's features of the same
-//! name; [`best_device`] picks a GPU when one is compiled in and present.
+//! name; [`best_device`] picks a GPU when one is compiled in and present. `avx512` (on by
+//! default) switches on the AVX-512 kernels of candle's `gemm` and of the [`fused`]
+//! kernels, chosen at run time on CPUs that have them.
+//!
+//! ## Speed
+//! On the CPU, training and evaluation go through the [`fused`] kernels (Adam, the ELBO,
+//! linear layers) wherever they apply, with the same results as plain candle ops up to
+//! rounding; `docs/PERFORMANCE.md` has the measurements against PyTorch.
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// Denied everywhere but in `fused::gemm`, which calls the `gemm` crate (see its docs).
+#![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
 #[doc = include_str!("../docs/ARCHITECTURE.md")]
@@ -63,6 +71,7 @@ pub mod device;
 pub mod distribution;
 pub mod error;
 pub mod estimate;
+pub mod fused;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 pub mod layers;

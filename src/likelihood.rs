@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::fused;
 use crate::ops;
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -194,6 +195,11 @@ impl Likelihood {
     /// # Errors
     /// [`Error::Shape`] (inside candle's error) if `params` does not match `x`.
     pub fn log_prob(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
+        if let Likelihood::Bernoulli = self {
+            if let Some(log_prob) = fused::elbo::try_bernoulli_log_prob(x, params)? {
+                return Ok(log_prob);
+            }
+        }
         let per_element = self.log_prob_elements(x, params)?;
         let batch_axes = per_element.rank() + 1 - x.rank();
         per_element.flatten_from(batch_axes)?.sum(D::Minus1)

@@ -4,6 +4,8 @@ use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ensure;
+use crate::fused;
+use crate::likelihood::Likelihood;
 use crate::vae::VaeOutput;
 
 /// How per-example losses become one number.
@@ -283,6 +285,29 @@ impl ElboLoss {
     }
 
     fn compute(&self, out: &VaeOutput, xs: &Tensor, kl_weight: f64) -> candle_core::Result<Elbo> {
+        if matches!(out.likelihood, Likelihood::Bernoulli)
+            && self.config.kl_estimator == KlEstimator::Analytic
+            && self.config.free_bits == 0.0
+            && out.z.rank() == 2
+        {
+            let fused = fused::elbo::try_elbo(
+                &out.params,
+                xs,
+                out.posterior.mean(),
+                out.posterior.log_var(),
+                kl_weight,
+                self.config.reduction,
+            )?;
+            if let Some(terms) = fused {
+                return Ok(Elbo {
+                    loss: terms.loss,
+                    reconstruction: terms.reconstruction,
+                    kl: terms.kl,
+                    kl_per_dim: terms.kl_per_dim,
+                    per_example: terms.per_example,
+                });
+            }
+        }
         let log_likelihood = out.reconstruction_log_prob(xs)?;
         let log_likelihood = if out.z.rank() == 3 {
             log_likelihood.mean(0)?

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::component::{Dims, Encoder};
 use crate::distribution::DiagonalGaussian;
 use crate::error::{Error, ensure};
+use crate::fused::linear as fused;
 use crate::layers::{Activation, linear};
 
 /// Configuration of an [`MlpEncoder`].
@@ -146,9 +147,12 @@ impl Encoder for MlpEncoder {
         }
         let mut h = xs.flatten_from(1)?;
         for layer in &self.hidden {
-            h = self.config.activation.forward(&layer.forward(&h)?)?;
+            h = fused::linear(&h, layer, Some(self.config.activation))?;
         }
-        DiagonalGaussian::new(self.mean.forward(&h)?, self.log_var.forward(&h)?)
+        DiagonalGaussian::new(
+            fused::linear(&h, &self.mean, None)?,
+            fused::linear(&h, &self.log_var, None)?,
+        )
     }
 }
 
@@ -309,9 +313,9 @@ impl Module for MlpDecoder {
         }
         let mut h = z.clone();
         for layer in &self.hidden {
-            h = self.config.activation.forward(&layer.forward(&h)?)?;
+            h = fused::linear(&h, layer, Some(self.config.activation))?;
         }
-        self.output.forward(&h)
+        fused::linear(&h, &self.output, None)
     }
 }
 

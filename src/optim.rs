@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, ensure};
+use crate::fused::{self, adam::AdamScalars};
 use crate::params::ParamStore;
 
 /// How weight decay enters an [`Adam`] step.
@@ -163,15 +164,16 @@ impl Adam {
     /// [`Error::InvalidConfig`] if the config breaks a rule.
     pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> crate::Result<Self> {
         config.validate()?;
+        fused::prime_allocator();
         let slots = params
             .into_iter()
             .filter(|(_, var)| var.dtype().is_float())
             .map(|(name, var)| {
-                let zeros = var.zeros_like()?;
+                // Two buffers: the fused step updates the moments in place.
                 Ok(Slot {
                     name,
-                    m: zeros.clone(),
-                    v: zeros,
+                    m: var.zeros_like()?,
+                    v: var.zeros_like()?,
                     var,
                     step: 0,
                 })
@@ -222,6 +224,16 @@ impl Adam {
             // step's graph to the next and leak it all.
             let grad = grad.detach();
             slot.step += 1;
+            let t = slot.step as i32;
+            let (l2, decoupled) = match decay_mode {
+                _ if weight_decay <= 0.0 => (None, None),
+                WeightDecay::L2 => (Some(weight_decay), None),
+                WeightDecay::Decoupled => (None, Some(weight_decay)),
+            };
+            let scalars = AdamScalars::new(lr, beta1, beta2, eps, l2, decoupled, t);
+            if fused::adam::try_step(&slot.var, &slot.m, &slot.v, &grad, &scalars)? {
+                continue;
+            }
             let theta = slot.var.as_tensor();
             let grad = if weight_decay > 0.0 && decay_mode == WeightDecay::L2 {
                 (grad + (theta * weight_decay)?)?
@@ -230,7 +242,6 @@ impl Adam {
             };
             slot.m = ((&slot.m * beta1)? + (&grad * (1.0 - beta1))?)?;
             slot.v = ((&slot.v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-            let t = slot.step as i32;
             let step_size = lr / (1.0 - beta1.powi(t));
             let denom = ((slot.v.sqrt()? / (1.0 - beta2.powi(t)).sqrt())? + eps)?;
             let decayed = if weight_decay > 0.0 && decay_mode == WeightDecay::Decoupled {
@@ -261,8 +272,9 @@ impl Adam {
     pub fn save_state(&self, checkpoint: &mut Checkpoint) -> crate::Result<()> {
         let mut steps = BTreeMap::new();
         for slot in &self.slots {
-            checkpoint.insert(format!("optimizer.adam.m.{}", slot.name), slot.m.clone());
-            checkpoint.insert(format!("optimizer.adam.v.{}", slot.name), slot.v.clone());
+            // Copies: the fused step changes the moments in place.
+            checkpoint.insert(format!("optimizer.adam.m.{}", slot.name), slot.m.copy()?);
+            checkpoint.insert(format!("optimizer.adam.v.{}", slot.name), slot.v.copy()?);
             steps.insert(slot.name.clone(), slot.step);
         }
         checkpoint.set_json(STEPS_KEY, &steps)
@@ -291,7 +303,8 @@ impl Adam {
                 key: STEPS_KEY.to_string(),
                 reason: format!("no step count for `{}`", slot.name),
             })?;
-            restored.push((m, v, step));
+            // Own buffers, not views of the checkpoint's (the fused step writes in place).
+            restored.push((m.copy()?, v.copy()?, step));
         }
         for (slot, (m, v, step)) in self.slots.iter_mut().zip(restored) {
             slot.m = m;

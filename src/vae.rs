@@ -400,6 +400,11 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
             )
             .into());
         }
+        if raw.dims() == shape.as_slice() {
+            // Already in place: a reshape would add a graph node whose backward allocates
+            // and adds a full-size gradient.
+            return Ok(raw.clone());
+        }
         raw.reshape(shape)
     }
 }

@@ -1,0 +1,300 @@
+//! A fully connected layer `act(x·Wᵀ + b)` with the bias and ReLU fused, and a backward
+//! without transposed copies.
+//!
+//! Plain candle computes `x.matmul(W.t()).broadcast_add(b).relu()` (three allocations and
+//! passes, one of them zero-filling the product) and, backwards, multiplies the gradient
+//! by a relu mask built in three more ops, reduces the bias gradient in a separate pass,
+//! takes the product for W's gradient in the transposed `(in, out)` layout and then adds
+//! that transposed view into W's gradient (a strided, scalar copy), and computes the
+//! gradient of the input even when the input is data. Here:
+//!
+//! * forward: the output buffer is filled with the bias rows and the product `x·Wᵀ` is
+//!   accumulated onto it, then ReLU applied, block by block of output columns;
+//! * backward: one pass masks the gradient and sums the bias gradient; ∂W = gᵀ·x is
+//!   written straight in W's `(out, in)` layout; ∂x = g·W only if x needs a gradient.
+//!
+//! The products run in blocks (of output columns forwards, of rows backwards) that rayon
+//! spreads over its threads by work stealing, each block one single-threaded `gemm`, so a
+//! thread that the OS deschedules holds up no other.
+//!
+//! The ReLU gradient is taken as 0 where the output is 0, as PyTorch does (candle's
+//! `relu` passes the gradient at exactly 0; the two differ only on that measure-zero set).
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, bail};
+use candle_nn::Linear;
+use rayon::prelude::*;
+
+use super::gemm::{MatMut, MatRef, matmul};
+use super::math::vectorized;
+use super::storage::{is_cpu_f32, slice, with_slice};
+use crate::layers::Activation;
+
+/// Below this many multiply-adds a product runs in one piece on the calling thread.
+const SPLIT_ABOVE: usize = 1 << 20;
+/// Blocks per thread, so that work stealing can even out a slow thread.
+const BLOCKS_PER_THREAD: usize = 2;
+
+/// `activation(layer(x))`: the fused kernel where it applies (enabled, CPU, `f32`, `x` of
+/// rank 2, a bias), candle's ops elsewhere. ReLU is fused; any other activation is applied
+/// after the fused affine map.
+///
+/// # Shapes
+/// `x`: `(N, in)` → `(N, out)` (other ranks take candle's path).
+///
+/// # Errors
+/// If `x` does not fit the layer.
+pub(crate) fn linear(
+    x: &Tensor,
+    layer: &Linear,
+    activation: Option<Activation>,
+) -> candle_core::Result<Tensor> {
+    let w = layer.weight();
+    let fused = match layer.bias() {
+        Some(b)
+            if super::fused_kernels().linear
+                && x.rank() == 2
+                && w.rank() == 2
+                && b.rank() == 1
+                && x.dim(1)? == w.dim(1)?
+                && b.dim(0)? == w.dim(0)?
+                && b.dim(0)? > 0
+                && w.is_contiguous()
+                && b.is_contiguous()
+                && [x, w, b].iter().all(|t| is_cpu_f32(t)) =>
+        {
+            Some(b)
+        }
+        _ => None,
+    };
+    let Some(b) = fused else {
+        let y = layer.forward(x)?;
+        return match activation {
+            Some(act) => act.forward(&y),
+            None => Ok(y),
+        };
+    };
+    super::prime_allocator();
+    let relu = activation == Some(Activation::Relu);
+    let y = x.contiguous()?.apply_op3(w, b, LinearOp { relu })?;
+    match activation {
+        Some(act) if !relu => act.forward(&y),
+        _ => Ok(y),
+    }
+}
+
+/// How many blocks to cut a product of `flops` multiply-adds with `extent` rows or
+/// columns to split into: one on a single thread or for a small product.
+fn blocks_for(flops: usize, extent: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || flops < SPLIT_ABOVE {
+        1
+    } else {
+        (threads * BLOCKS_PER_THREAD)
+            .min(extent.div_ceil(16))
+            .max(1)
+    }
+}
+
+/// Width of `blocks` blocks over `extent`, rounded up to a multiple of 16 (one AVX-512
+/// register of `f32`).
+fn block_width(extent: usize, blocks: usize) -> usize {
+    extent.div_ceil(blocks.max(1)).div_ceil(16) * 16
+}
+
+/// Runs `tasks` on rayon's threads (or in order, if there is one), stopping at the first
+/// error.
+fn run_all<T: Send>(
+    tasks: Vec<T>,
+    f: impl Fn(T) -> candle_core::Result<()> + Sync + Send,
+) -> candle_core::Result<()> {
+    if tasks.len() <= 1 {
+        tasks.into_iter().try_for_each(f)
+    } else {
+        tasks.into_par_iter().try_for_each(f)
+    }
+}
+
+/// `act(x·Wᵀ + b)`.
+struct LinearOp {
+    relu: bool,
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "candle-vae-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        w: &CpuStorage,
+        w_l: &Layout,
+        b: &CpuStorage,
+        b_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, fan_in) = x_l.shape().dims2()?;
+        let (fan_out, _) = w_l.shape().dims2()?;
+        let x = MatRef::row_major(slice(x, x_l)?, n, fan_in)?;
+        let w = MatRef::row_major(slice(w, w_l)?, fan_out, fan_in)?;
+        let bias = slice(b, b_l)?;
+        if bias.len() != fan_out {
+            bail!(
+                "candle-vae-linear: bias of {} for {fan_out} outputs",
+                bias.len()
+            )
+        }
+        let mut out = Vec::with_capacity(n * fan_out);
+        for _ in 0..n {
+            out.extend_from_slice(bias);
+        }
+        let blocks = blocks_for(n * fan_in * fan_out, fan_out);
+        let tasks =
+            MatMut::row_major(&mut out, n, fan_out)?.col_blocks(block_width(fan_out, blocks))?;
+        let relu = self.relu;
+        run_all(tasks, |(start, mut block)| {
+            let cols = w.t().cols(start..start + block.cols())?;
+            matmul(&mut block, x, cols, true)?;
+            if relu {
+                block.for_each_row(|_, row| relu_in_place(row));
+            }
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((n, fan_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (n, fan_out) = grad.dims2()?;
+        let fan_in = x.dim(1)?;
+        // One pass: the gradient before the activation, and its column sums (∂b).
+        let (masked, grad_b) = with_slice(&grad, |g| {
+            if self.relu {
+                with_slice(y, |y| {
+                    let (masked, sums) = relu_backward(g, y, fan_out);
+                    Ok((Some(masked), sums))
+                })
+            } else {
+                Ok((None, column_sums(g, fan_out)))
+            }
+        })?;
+        let need_x = x.track_op();
+        let mut grad_w = vec![0f32; fan_out * fan_in];
+        let mut grad_x = if need_x {
+            vec![0f32; n * fan_in]
+        } else {
+            Vec::new()
+        };
+        with_slice(&grad, |g| {
+            let g = masked.as_deref().unwrap_or(g);
+            let g = MatRef::row_major(g, n, fan_out)?;
+            with_slice(x, |xs| {
+                with_slice(w, |ws| {
+                    let xs = MatRef::row_major(xs, n, fan_in)?;
+                    let ws = MatRef::row_major(ws, fan_out, fan_in)?;
+                    // ∂W = gᵀ·x, by blocks of W's rows; ∂x = g·W, by blocks of x's rows.
+                    let flops = n * fan_in * fan_out;
+                    let rows_w = block_width(fan_out, blocks_for(flops, fan_out));
+                    let rows_x = block_width(n, blocks_for(flops, n));
+                    let mut tasks: Vec<Task<'_>> = grad_w
+                        .chunks_mut(rows_w * fan_in)
+                        .enumerate()
+                        .map(|(i, dst)| Task::Weight(i * rows_w, dst))
+                        .collect();
+                    tasks.extend(
+                        grad_x
+                            .chunks_mut(rows_x * fan_in)
+                            .enumerate()
+                            .map(|(i, dst)| Task::Input(i * rows_x, dst)),
+                    );
+                    run_all(tasks, |task| match task {
+                        Task::Weight(first, dst) => {
+                            let rows = dst.len() / fan_in;
+                            let mut dst = MatMut::row_major(dst, rows, fan_in)?;
+                            matmul(&mut dst, g.t().rows(first..first + rows)?, xs, false)
+                        }
+                        Task::Input(first, dst) => {
+                            let rows = dst.len() / fan_in;
+                            let mut dst = MatMut::row_major(dst, rows, fan_in)?;
+                            matmul(&mut dst, g.rows(first..first + rows)?, ws, false)
+                        }
+                    })
+                })
+            })
+        })?;
+        let grad_x = if need_x {
+            Some(Tensor::from_vec(grad_x, (n, fan_in), &Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok((
+            grad_x,
+            Some(Tensor::from_vec(grad_w, (fan_out, fan_in), &Device::Cpu)?),
+            Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?),
+        ))
+    }
+}
+
+/// One block of the backward products: the first row and the rows of ∂W or ∂x it fills.
+enum Task<'a> {
+    Weight(usize, &'a mut [f32]),
+    Input(usize, &'a mut [f32]),
+}
+
+fn relu_in_place(row: &mut [f32]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for v in row.iter_mut() {
+                *v = v.max(0.0);
+            }
+        },
+    );
+}
+
+/// The gradient before a ReLU (zero where the output is zero) and its column sums.
+fn relu_backward(grad: &[f32], y: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut masked = vec![0f32; grad.len()];
+    let mut sums = vec![0f32; width];
+    vectorized(
+        #[inline(always)]
+        || {
+            let rows = masked
+                .chunks_exact_mut(width)
+                .zip(grad.chunks_exact(width))
+                .zip(y.chunks_exact(width));
+            for ((m_row, g_row), y_row) in rows {
+                let lanes = m_row.iter_mut().zip(g_row).zip(y_row).zip(sums.iter_mut());
+                for (((m, &g), &y), sum) in lanes {
+                    let g = if y > 0.0 { g } else { 0.0 };
+                    *m = g;
+                    *sum += g;
+                }
+            }
+        },
+    );
+    (masked, sums)
+}
+
+/// Σ over rows of a row-major `(N, width)` matrix.
+fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; width];
+    vectorized(
+        #[inline(always)]
+        || {
+            for row in values.chunks_exact(width) {
+                for (sum, &v) in sums.iter_mut().zip(row) {
+                    *sum += v;
+                }
+            }
+        },
+    );
+    sums
+}

@@ -1,0 +1,142 @@
+//! Fused CPU kernels for the hot paths of training and evaluation.
+//!
+//! Plain candle runs a training step of the MNIST VAE as some hundred small operations,
+//! most of them single-threaded passes over memory that allocate their result. The kernels
+//! here replace the costly chains with one pass each:
+//!
+//! * **Adam**: the whole update θ, m, v ← Adam(θ, m, v, g) in place, one pass over the four
+//!   buffers, threaded ([`Adam::step`](crate::Adam::step)).
+//! * **ELBO**: the Bernoulli log-likelihood of the logits and the analytic KL, their
+//!   reductions and their gradients, as one candle `CustomOp` with its own backward
+//!   ([`ElboLoss::forward`](crate::ElboLoss::forward)); the Bernoulli log-likelihood alone
+//!   for [`Likelihood::log_prob`](crate::Likelihood::log_prob) (importance sampling).
+//! * **Linear**: `act(x·Wᵀ + b)` with the bias and ReLU fused into one pass over the
+//!   product, and a backward that masks, sums the bias gradient and calls the matrix
+//!   products on transposed *views* (no transposed copies), skipping the gradient of an
+//!   input that needs none ([`MlpEncoder`](crate::MlpEncoder),
+//!   [`MlpDecoder`](crate::MlpDecoder)).
+//!
+//! Every kernel is chosen transparently: it runs where it applies (CPU, `f32`, the layouts
+//! it handles) and the plain candle ops run everywhere else (CUDA, Metal, other dtypes),
+//! with the same results up to floating-point rounding. The tests compare the two paths
+//! value for value and gradient for gradient.
+//!
+//! [`with_fused_kernels`] turns kernels off on the current thread, for those comparisons
+//! and for measuring what each kernel is worth (see `docs/PERFORMANCE.md`).
+//!
+//! ```
+//! use candle_vae::fused::{FusedKernels, fused_kernels, with_fused_kernels};
+//!
+//! assert_eq!(fused_kernels(), FusedKernels::ALL);
+//! let inside = with_fused_kernels(FusedKernels::NONE.with_adam(true), fused_kernels);
+//! assert!(inside.adam && !inside.elbo && !inside.linear);
+//! assert_eq!(fused_kernels(), FusedKernels::ALL); // restored
+//! ```
+
+use std::cell::Cell;
+
+pub(crate) mod adam;
+pub(crate) mod elbo;
+mod gemm;
+pub(crate) mod linear;
+mod math;
+mod storage;
+
+/// Which fused kernels may run on the current thread (all, by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct FusedKernels {
+    /// The in-place Adam update.
+    pub adam: bool,
+    /// The ELBO (Bernoulli logits + analytic KL) and the Bernoulli log-likelihood.
+    pub elbo: bool,
+    /// Linear layers with fused bias and ReLU.
+    pub linear: bool,
+}
+
+impl FusedKernels {
+    /// Every kernel on: the default.
+    pub const ALL: Self = Self {
+        adam: true,
+        elbo: true,
+        linear: true,
+    };
+
+    /// Every kernel off: plain candle ops only.
+    pub const NONE: Self = Self {
+        adam: false,
+        elbo: false,
+        linear: false,
+    };
+
+    /// Sets whether the Adam kernel runs.
+    #[must_use]
+    pub const fn with_adam(mut self, on: bool) -> Self {
+        self.adam = on;
+        self
+    }
+
+    /// Sets whether the ELBO kernels run.
+    #[must_use]
+    pub const fn with_elbo(mut self, on: bool) -> Self {
+        self.elbo = on;
+        self
+    }
+
+    /// Sets whether the linear-layer kernel runs.
+    #[must_use]
+    pub const fn with_linear(mut self, on: bool) -> Self {
+        self.linear = on;
+        self
+    }
+}
+
+impl Default for FusedKernels {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// Allocates and frees one 16 MiB buffer, once per process (called when an [`Adam`] is
+/// built and when a fused linear layer first runs).
+///
+/// [`Adam`]: crate::Adam
+///
+/// A training step allocates and frees some 10 MiB of gradients and activations. glibc's
+/// malloc gives freed memory at the top of its heap back to the OS once more than its trim
+/// threshold is free (2 × its mmap threshold, which starts at 128 KiB and grows to the
+/// largest mmap-ed block freed so far, up to 32 MiB), so by default every step gives
+/// megabytes back and faults them in again (~1,500 page faults per MNIST step, about a
+/// quarter of its CPU time). Freeing one 16 MiB mmap-ed block raises the thresholds to
+/// 16 and 32 MiB, after which the step's memory is reused instead (~20 faults per step).
+/// The process may keep up to 32 MiB of freed memory. Other allocators are unaffected;
+/// no setting is changed and everything allocated is freed.
+pub(crate) fn prime_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let block: Vec<u8> = Vec::with_capacity(16 << 20);
+        drop(std::hint::black_box(block));
+    });
+}
+
+thread_local! {
+    static ENABLED: Cell<FusedKernels> = const { Cell::new(FusedKernels::ALL) };
+}
+
+/// The kernels enabled on the current thread.
+pub fn fused_kernels() -> FusedKernels {
+    ENABLED.with(Cell::get)
+}
+
+/// Runs `f` with only `kernels` enabled on the current thread, then restores the previous
+/// setting (also if `f` panics). Other threads are not affected.
+pub fn with_fused_kernels<T>(kernels: FusedKernels, f: impl FnOnce() -> T) -> T {
+    struct Restore(FusedKernels);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ENABLED.with(|e| e.set(self.0));
+        }
+    }
+    let _restore = Restore(ENABLED.with(|e| e.replace(kernels)));
+    f()
+}
