@@ -127,7 +127,7 @@ impl DiagonalGaussian {
         self.log_prob_per_dim(z)?.sum(D::Minus1)
     }
 
-    /// Differential entropy H[q] = Σ_d ½ (log 2π + 1 + log σ_d²).
+    /// Differential entropy H\[q\] = Σ_d ½ (log 2π + 1 + log σ_d²).
     ///
     /// # Shapes
     /// `(N,)`.

@@ -164,7 +164,7 @@ where
 }
 
 /// Active units (Burda et al. 2015, §5.2): latent dimension d is active when
-/// Cov_x(E_{q(z|x)}[z_d]) exceeds a threshold (0.01 in the paper), i.e. when the posterior
+/// Cov_x(E_{q(z|x)}\[z_d\]) exceeds a threshold (0.01 in the paper), i.e. when the posterior
 /// mean of z_d varies across the data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveUnits {
