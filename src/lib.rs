@@ -71,6 +71,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod vae;
+pub mod viz;
 
 pub use checkpoint::Checkpoint;
 pub use component::{Decoder, Dims, Encoder, EncoderT};
