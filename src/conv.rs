@@ -98,6 +98,23 @@ fn validate_geometry(
     )
 }
 
+/// Pads the even side of a `(N, C, H, W)` map with one zero row (bottom) or column (right)
+/// when H and W differ in parity; otherwise returns it as it is.
+///
+/// candle 0.11's conv2d backward takes the output padding of its transposed convolution
+/// from the height alone and applies it to the width too, so an input such as 3×2 fails
+/// in `backward` with a shape mismatch. The extra zeros do not change the output: with
+/// kernel 4, stride 2 and padding 1 the last window of an even side ends on the zero
+/// padding's position, which the new zero row/column now occupies.
+fn match_parity(h: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, height, width) = h.dims4()?;
+    match (height % 2, width % 2) {
+        (1, 0) => h.pad_with_zeros(3, 0, 1),
+        (0, 1) => h.pad_with_zeros(2, 0, 1),
+        _ => Ok(h.clone()),
+    }
+}
+
 /// Configuration of a [`ConvEncoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConvEncoderConfig {
@@ -245,7 +262,10 @@ impl Encoder for ConvEncoder {
         }
         let mut h = xs.clone();
         for conv in &self.convs {
-            h = self.config.activation.forward(&conv.forward(&h)?)?;
+            h = self
+                .config
+                .activation
+                .forward(&conv.forward(&match_parity(&h)?)?)?;
         }
         let mut h = h.flatten_from(1)?;
         if let Some(hidden) = &self.hidden {

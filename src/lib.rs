@@ -54,6 +54,8 @@
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+#[doc = include_str!("../docs/ARCHITECTURE.md")]
+pub mod architecture {}
 pub mod checkpoint;
 pub mod component;
 pub mod conv;
@@ -62,6 +64,8 @@ pub mod device;
 pub mod distribution;
 pub mod error;
 pub mod estimate;
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 pub mod layers;
 pub mod likelihood;
 pub mod loss;

@@ -132,7 +132,9 @@ impl ParamStore {
     ) -> candle_core::Result<Var> {
         let mut noise = NoiseSource::new(self.seed).substream(name_stream(name));
         let host = match init {
-            Init::Const(value) => Tensor::full(value as f32, shape, &Device::Cpu)?,
+            // In f64 so an f64 parameter gets exactly `value`; `to_dtype` below rounds it
+            // for f32 as `value as f32` would.
+            Init::Const(value) => Tensor::full(value, shape, &Device::Cpu)?,
             Init::Uniform { lo, up } => noise
                 .uniform(shape, DType::F32, &Device::Cpu)?
                 .affine(up - lo, lo)?,
