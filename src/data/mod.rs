@@ -7,7 +7,8 @@
 //!   seeded draw, or a fresh draw every epoch (Burda et al. 2015).
 //! * [`DataLoader`] cuts an epoch into batches, shuffled from a [`NoiseSource`] and keeping
 //!   the last partial batch.
-//! * [`mnist`] loads MNIST; [`resolve_data_dir`] finds a dataset's directory.
+//! * [`mnist`] loads MNIST; [`faces`] loads Frey Face and Olivetti with the seeded
+//!   splits of [`split`]; [`resolve_data_dir`] finds a dataset's directory.
 //!
 //! ```
 //! use candle_core::Device;
@@ -30,8 +31,10 @@
 //! # Ok::<(), candle_vae::Error>(())
 //! ```
 
+pub mod faces;
 pub mod idx;
 pub mod mnist;
+pub mod split;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,7 @@ use crate::conv::ImageShape;
 use crate::error::{Error, IdxProblem, Result, ensure};
 use crate::noise::NoiseSource;
 
+pub use faces::{FreyFace, Olivetti};
 pub use mnist::Mnist;
 
 /// The environment variable naming the directory that holds one folder per dataset.
