@@ -74,6 +74,7 @@ pub mod noise;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod train;
 pub mod vae;
 pub mod viz;
 
