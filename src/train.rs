@@ -38,14 +38,67 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::component::{Decoder, Dims, EncoderT};
-use crate::data::DataLoader;
+use crate::data::{Batch, DataLoader};
 use crate::error::{Result, ensure};
 use crate::estimate::{ActiveUnits, ImportanceSamplingConfig, iwae_bound, log_importance_weights};
 use crate::loss::{ElboLoss, ElboLossConfig, Reduction};
 use crate::noise::{NoiseSource, NoiseState};
 use crate::optim::Adam;
 use crate::params::ParamStore;
-use crate::vae::Vae;
+use crate::vae::{ConditionalVae, Vae, VaeOutput};
+
+/// A model the functions of this module drive, one [`Batch`] at a time: a [`Vae`] reads
+/// the images, a [`ConditionalVae`] also the labels, one-hot encoded as its condition.
+pub trait BatchModel {
+    /// One forward pass on `batch`: one posterior sample per example (`samples` = `None`,
+    /// z of shape `(N, D)`) or k (`Some(k)`, z of shape `(k, N, D)`), drawn from `noise`.
+    ///
+    /// # Errors
+    /// If the batch does not fit the model (for a conditional model: if it has no labels,
+    /// or a label is not below the condition width).
+    fn forward_batch(
+        &self,
+        batch: &Batch,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput>;
+}
+
+impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for Vae<E, D> {
+    fn forward_batch(
+        &self,
+        batch: &Batch,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        match samples {
+            None => self.forward_t(&batch.images, noise, train),
+            Some(k) => self.forward_samples_t(&batch.images, k, noise, train),
+        }
+    }
+}
+
+impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for ConditionalVae<E, D> {
+    fn forward_batch(
+        &self,
+        batch: &Batch,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        let labels = batch.labels.clone().ok_or_else(|| {
+            candle_core::Error::Msg("a conditional VAE needs a labelled dataset".into())
+        })?;
+        let cond = candle_nn::encoding::one_hot(labels, self.condition_dim(), 1f32, 0f32)?
+            .to_dtype(batch.images.dtype())?;
+        match samples {
+            None => self.forward_t(&batch.images, &cond, noise, train),
+            Some(k) => self.forward_samples_t(&batch.images, &cond, k, noise, train),
+        }
+    }
+}
 
 /// What a training step minimises.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,19 +310,15 @@ fn per_example(value: &Tensor, reduction: Reduction, n: usize) -> candle_core::R
 /// # Errors
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad objective; candle's
 /// error if the data does not fit the model.
-pub fn train_epoch<E, D>(
-    vae: &Vae<E, D>,
+pub fn train_epoch<M: BatchModel + ?Sized>(
+    vae: &M,
     optimizer: &mut Adam,
     objective: &Objective,
     loader: &DataLoader,
     state: &mut TrainingState,
     device: &Device,
     mut on_batch: impl FnMut(usize, f64),
-) -> Result<EpochSummary>
-where
-    E: EncoderT + Dims,
-    D: Decoder + Dims,
-{
+) -> Result<EpochSummary> {
     objective.validate()?;
     let start = Instant::now();
     let monitor = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
@@ -282,23 +331,24 @@ where
         ..
     } = state;
     for batch in loader.epoch(data_noise, device) {
-        let xs = batch?.images;
+        let batch = batch?;
+        let xs = &batch.images;
         let n = xs.dim(0)?;
         let (loss, reduction, out) = match objective {
             Objective::Elbo(elbo_loss) => {
-                let out = vae.forward_t(&xs, model_noise, true)?;
-                let elbo = elbo_loss.forward_at_step(&out, &xs, *step)?;
+                let out = vae.forward_batch(&batch, None, model_noise, true)?;
+                let elbo = elbo_loss.forward_at_step(&out, xs, *step)?;
                 (elbo.loss, elbo_loss.config().reduction, out)
             }
             Objective::Iwae { samples, reduction } => {
-                let out = vae.forward_samples_t(&xs, *samples, model_noise, true)?;
-                let loss = reduction.apply(&iwae_bound(&out, &xs)?.neg()?)?;
+                let out = vae.forward_batch(&batch, Some(*samples), model_noise, true)?;
+                let loss = reduction.apply(&iwae_bound(&out, xs)?.neg()?)?;
                 (loss, *reduction, out)
             }
         };
         optimizer.backward_step(&loss)?;
         *step += 1;
-        let monitored = monitor.forward(&out, &xs)?;
+        let monitored = monitor.forward(&out, xs)?;
         let batch_loss = per_example(&loss, reduction, n)?;
         sums[0] += batch_loss * n as f64;
         sums[1] += scalar(&monitored.loss)?;
@@ -339,17 +389,13 @@ pub struct Evaluation {
 ///
 /// # Errors
 /// Candle's error if the data does not fit the model.
-pub fn evaluate<E, D>(
-    vae: &Vae<E, D>,
+pub fn evaluate<M: BatchModel + ?Sized>(
+    vae: &M,
     loader: &DataLoader,
     noise: &mut NoiseSource,
     device: &Device,
     mut on_batch: impl FnMut(usize),
-) -> Result<Evaluation>
-where
-    E: EncoderT + Dims,
-    D: Decoder + Dims,
-{
+) -> Result<Evaluation> {
     let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
     // The data order of an evaluation does not depend on `noise` (use Order::Sequential)
     // but a dynamic binarization would; keep it apart from the model noise.
@@ -358,10 +404,11 @@ where
     let mut examples = 0;
     let mut means = Vec::with_capacity(loader.batches());
     for batch in loader.epoch(&mut data_noise, device) {
-        let xs = batch?.images;
+        let batch = batch?;
+        let xs = &batch.images;
         let n = xs.dim(0)?;
-        let out = vae.forward_t(&xs, noise, false)?;
-        let elbo = loss.forward(&out, &xs)?;
+        let out = vae.forward_batch(&batch, None, noise, false)?;
+        let elbo = loss.forward(&out, xs)?;
         sums[0] += scalar(&elbo.loss)?;
         sums[1] += scalar(&elbo.reconstruction)?;
         sums[2] += scalar(&elbo.kl)?;
@@ -409,19 +456,15 @@ pub struct LikelihoodEstimate {
 /// # Errors
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad `config` or `bound_k`
 /// outside 1..=K; candle's error if the data does not fit.
-pub fn importance_sampled<E, D>(
-    vae: &Vae<E, D>,
+pub fn importance_sampled<M: BatchModel + ?Sized>(
+    vae: &M,
     loader: &DataLoader,
     config: &ImportanceSamplingConfig,
     bound_k: usize,
     noise: &mut NoiseSource,
     device: &Device,
     mut on_batch: impl FnMut(usize),
-) -> Result<LikelihoodEstimate>
-where
-    E: EncoderT + Dims,
-    D: Decoder + Dims,
-{
+) -> Result<LikelihoodEstimate> {
     config.validate()?;
     let samples = config.samples;
     ensure(
@@ -438,7 +481,8 @@ where
     let (mut sum_elbo, mut sum_bound, mut sum_ll) = (0f64, 0f64, 0f64);
     let mut examples = 0;
     for batch in loader.epoch(&mut data_noise, device) {
-        let xs = batch?.images;
+        let batch = batch?;
+        let xs = &batch.images;
         let n = xs.dim(0)?;
         // Per example: running log-sum-exp of all weights, sum of log w, and the sum
         // over completed groups of k of their log-mean-exp.
@@ -448,8 +492,8 @@ where
         let mut done = 0;
         while done < samples {
             let k = chunk.min(samples - done);
-            let out = vae.forward_samples_t(&xs, k, noise, false)?;
-            let log_w = log_importance_weights(&out, &xs)?
+            let out = vae.forward_batch(&batch, Some(k), noise, false)?;
+            let log_w = log_importance_weights(&out, xs)?
                 .detach()
                 .to_dtype(DType::F64)?
                 .to_vec2::<f64>()?;

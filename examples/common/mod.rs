@@ -12,12 +12,12 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use candle_vae::data::DataLoader;
 use candle_vae::train::{
-    EpochRecord, LikelihoodEstimate, Objective, TrainingState, evaluate, importance_sampled,
-    train_epoch,
+    BatchModel, EpochRecord, LikelihoodEstimate, Objective, TrainingState, evaluate,
+    importance_sampled, train_epoch,
 };
 use candle_vae::{
-    Adam, Decoder, Dims, ElboLoss, ElboLossConfig, EncoderT, ImportanceSamplingConfig, KlSchedule,
-    NoiseSource, ParamStore, Reduction, Vae,
+    Adam, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, NoiseSource, ParamStore,
+    Reduction,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -197,10 +197,11 @@ pub fn epoch_line(r: &EpochRecord) -> String {
     )
 }
 
-/// A training run in progress: the model, its optimiser, the data and the run state.
-pub struct Session<'a, E, D> {
+/// A training run in progress: the model (a `Vae`, or a `ConditionalVae` fed the batch
+/// labels), its optimiser, the data and the run state.
+pub struct Session<'a, M> {
     /// The model.
-    pub vae: &'a Vae<E, D>,
+    pub vae: &'a M,
     /// Its parameters.
     pub params: &'a ParamStore,
     /// The optimiser over `params`.
@@ -219,7 +220,7 @@ pub struct Session<'a, E, D> {
     pub seed: u64,
 }
 
-impl<E: EncoderT + Dims, D: Decoder + Dims> Session<'_, E, D> {
+impl<M: BatchModel> Session<'_, M> {
     /// With `resume`, restores parameters, optimiser and state from `checkpoint`, after
     /// checking that it was saved with `config`; prints the epochs it already holds.
     pub fn maybe_resume<C>(&mut self, resume: bool, checkpoint: &Path, config: &C) -> Result<()>
@@ -255,7 +256,7 @@ impl<E: EncoderT + Dims, D: Decoder + Dims> Session<'_, E, D> {
         epochs: usize,
         checkpoint: &Path,
         config: &C,
-        mut after_epoch: impl FnMut(&Vae<E, D>, &EpochRecord) -> Result<()>,
+        mut after_epoch: impl FnMut(&M, &EpochRecord) -> Result<()>,
     ) -> Result<()> {
         println!("{}", epoch_header());
         for record in &self.state.history {
