@@ -197,6 +197,28 @@ pub fn epoch_line(r: &EpochRecord) -> String {
     )
 }
 
+/// Writes the per-epoch history (the numbers of [`epoch_line`]) as CSV: the training
+/// curve, for plotting.
+pub fn write_history(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    let mut csv = String::from(
+        "epoch,train_neg_elbo,test_neg_elbo,test_reconstruction,test_kl,active_units,seconds,images_per_sec\n",
+    );
+    for r in history {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            r.epoch,
+            r.train_neg_elbo,
+            r.test_neg_elbo,
+            r.test_reconstruction,
+            r.test_kl,
+            r.active_units,
+            r.seconds,
+            r.images_per_sec
+        ));
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
+}
+
 /// A training run in progress: the model (a `Vae`, or a `ConditionalVae` fed the batch
 /// labels), its optimiser, the data and the run state.
 pub struct Session<'a, M> {
