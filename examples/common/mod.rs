@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use candle_nn::Optimizer;
 use candle_vae::data::DataLoader;
 use candle_vae::train::{
     BatchModel, EpochRecord, LikelihoodEstimate, Objective, TrainingState, evaluate,
     importance_sampled, train_epoch,
 };
 use candle_vae::{
-    Adam, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, NoiseSource, ParamStore,
-    Reduction,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, NoiseSource,
+    ParamStore, Reduction,
 };
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,10 +49,6 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
 
-    /// Adam learning rate (no weight decay, β = (0.9, 0.999), ε = 1e-8, as PyTorch).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-
     /// Seed of the parameter initialisation, data order, binarization and noise.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -65,9 +62,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub resume: bool,
 
-    /// Directory for the pictures (and, by default, the checkpoint).
-    #[arg(long, default_value = "runs/mnist")]
-    pub out: PathBuf,
+    /// Directory for the pictures (and, by default, the checkpoint) [default:
+    /// runs/<example>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 
     /// Device: auto, cpu, cuda[:N], metal[:N].
     #[arg(long, default_value = "auto")]
@@ -80,16 +78,73 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The checkpoint path.
-    pub fn checkpoint(&self) -> PathBuf {
+    /// The output directory: --out, or `runs/<example>`.
+    pub fn out_dir(&self, example: &str) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(example))
+    }
+
+    /// The checkpoint path: --save, or `checkpoint.safetensors` in the output directory.
+    pub fn checkpoint(&self, example: &str) -> PathBuf {
         self.save
             .clone()
-            .unwrap_or_else(|| self.out.join("checkpoint.safetensors"))
+            .unwrap_or_else(|| self.out_dir(example).join("checkpoint.safetensors"))
     }
 
     /// The device named by --device.
     pub fn device(&self) -> Result<Device> {
         Ok(candle_vae::parse_device(&self.device)?)
+    }
+}
+
+/// Flags of the optimiser.
+#[derive(Debug, Clone, Args, Serialize, serde::Deserialize, PartialEq)]
+pub struct OptimArgs {
+    /// Adam learning rate (no weight decay, β = (0.9, 0.999), as PyTorch's default).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+
+    /// Learning-rate schedule: constant, or burda (stage i = 0, 1, … lasts 3^i epochs at
+    /// lr·10^(−i/7): 3,280 epochs for i ≤ 7, Burda et al. 2015).
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    pub lr_schedule: LrSchedule,
+
+    /// Adam's ε (PyTorch's default 1e-8; Burda et al. 2015 use 1e-4).
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+}
+
+/// How the learning rate changes over epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+pub enum LrSchedule {
+    /// The same rate every epoch.
+    Constant,
+    /// Burda et al. (2015): 3^i epochs at lr·10^(−i/7), i = 0, 1, 2, …
+    Burda,
+}
+
+impl OptimArgs {
+    /// Adam with these settings.
+    pub fn adam_config(&self) -> AdamConfig {
+        AdamConfig::new(self.lr).with_eps(self.adam_eps)
+    }
+
+    /// The learning rate of epoch `epoch` (counted from 1).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Burda => {
+                // Stage i covers epochs (3^i − 1)/2 + 1 ..= (3^(i+1) − 1)/2.
+                let mut stage = 0u32;
+                let mut end = 1usize;
+                while epoch > end {
+                    stage += 1;
+                    end += 3usize.pow(stage);
+                }
+                self.lr * 10f64.powf(-f64::from(stage) / 7.0)
+            }
+        }
     }
 }
 
@@ -236,6 +291,8 @@ pub struct Session<'a, M> {
     pub test: DataLoader,
     /// Epoch, step, noise streams, history.
     pub state: TrainingState,
+    /// Learning rate and its schedule.
+    pub optim: OptimArgs,
     /// Where the tensors live.
     pub device: Device,
     /// The run's seed.
@@ -286,6 +343,7 @@ impl<M: BatchModel> Session<'_, M> {
         }
         while self.state.epoch < epochs {
             let epoch = self.state.epoch + 1;
+            self.optimizer.set_learning_rate(self.optim.lr_at(epoch));
             let bar = progress_bar(self.train.examples(), format!("epoch {epoch}"));
             let summary = train_epoch(
                 self.vae,

@@ -25,14 +25,14 @@ use candle_vae::viz::{
     self, GridConfig, interpolation_latents, manifold_latents, traversal_latents,
 };
 use candle_vae::{
-    Activation, Adam, AdamConfig, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
+    Activation, Adam, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
     ConvEncoderConfig, Decoder, DiagonalGaussian, Dims, EncoderT, GaussianMean, ImageShape,
     Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
     ParamStore, Vae,
 };
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use common::{ObjectiveArgs, PICTURE_STREAM, RunArgs, Session};
+use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
 use serde::{Deserialize, Serialize};
 
 /// Train a variational auto-encoder on faces — Frey Face as in Kingma & Welling (2013),
@@ -46,10 +46,24 @@ struct Cli {
     run: RunArgs,
 
     #[command(flatten)]
+    optim: OptimArgs,
+
+    #[command(flatten)]
     objective: ObjectiveArgs,
 
     #[command(flatten)]
     model: ModelArgs,
+}
+
+/// Everything that defines a run, stored in the checkpoint so that --resume refuses a
+/// checkpoint saved with other flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunConfig {
+    model: ModelArgs,
+    objective: ObjectiveArgs,
+    optim: OptimArgs,
+    batch_size: usize,
+    seed: u64,
 }
 
 /// The model and data flags; stored in the checkpoint so --resume can check them.
@@ -70,7 +84,7 @@ struct ModelArgs {
 
     /// Output channels of the stride-2 convolutions, from the image inwards (olivetti;
     /// four stages take 64×64 down to 4×4).
-    #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
     channels: Vec<usize>,
 
     /// Observation model p(x|z) [default: gaussian (frey), continuous-bernoulli (olivetti)].
@@ -82,23 +96,6 @@ struct ModelArgs {
     /// constant image planes and to the decoder beside z.
     #[arg(long)]
     conditional: bool,
-
-    /// Examples per batch (copied from --batch-size: part of the run's identity for
-    /// resuming).
-    #[arg(skip)]
-    batch_size: usize,
-
-    /// Learning rate (copied from --lr).
-    #[arg(skip)]
-    lr: f64,
-
-    /// Seed (copied from --seed).
-    #[arg(skip)]
-    seed: u64,
-
-    /// The objective flags (copied).
-    #[arg(skip)]
-    objective: Option<ObjectiveArgs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -121,6 +118,8 @@ enum LikelihoodArg {
     Bernoulli,
 }
 
+/// The example's name (its default output directory is `runs/faces-<dataset>`).
+const EXAMPLE: &str = "faces";
 /// Examples per batch of the evaluation passes.
 const TEST_BATCH: usize = 100;
 /// Pictures are rewritten every this many epochs (and after the last).
@@ -131,7 +130,6 @@ struct Defaults {
     epochs: usize,
     batch_size: usize,
     warmup_steps: usize,
-    eval_k: usize,
     latent: usize,
     hidden: usize,
     likelihood: LikelihoodArg,
@@ -152,16 +150,14 @@ impl Dataset {
                 epochs: 1000,
                 batch_size: 100,
                 warmup_steps: 0,
-                eval_k: 1000,
                 latent: 2,
                 hidden: 200,
                 likelihood: LikelihoodArg::Gaussian,
             },
             Dataset::Olivetti => Defaults {
-                epochs: 300,
+                epochs: 200,
                 batch_size: 32,
-                warmup_steps: 2000,
-                eval_k: 1000,
+                warmup_steps: 500,
                 latent: 32,
                 hidden: 256,
                 likelihood: LikelihoodArg::ContinuousBernoulli,
@@ -171,11 +167,11 @@ impl Dataset {
 }
 
 /// The flags whose defaults depend on --dataset; their help says so.
-const PER_DATASET: [(&str, &str); 5] = [
+const PER_DATASET: [(&str, &str); 4] = [
     (
         "epochs",
         "Training epochs, in total (a resumed run continues up to this number) [default: \
-         1000 (frey), 300 (olivetti)]",
+         1000 (frey), 200 (olivetti)]",
     ),
     (
         "batch_size",
@@ -184,12 +180,7 @@ const PER_DATASET: [(&str, &str); 5] = [
     ),
     (
         "warmup_steps",
-        "Steps of linear KL warm-up from 0 to β [default: 0 (frey), 2000 (olivetti)]",
-    ),
-    (
-        "eval_k",
-        "Importance samples per test image for the final NLL estimate; 0 skips it \
-         [default: 1000]",
+        "Steps of linear KL warm-up from 0 to β [default: 0 (frey), 500 (olivetti)]",
     ),
     (
         "out",
@@ -219,11 +210,8 @@ fn parse() -> Result<Cli> {
     if !given(&matches, "warmup_steps") {
         cli.objective.warmup_steps = defaults.warmup_steps;
     }
-    if !given(&matches, "eval_k") {
-        cli.run.eval_k = defaults.eval_k;
-    }
-    if !given(&matches, "out") {
-        cli.run.out = Path::new("runs").join(format!("faces-{}", dataset.name()));
+    if cli.run.out.is_none() {
+        cli.run.out = Some(Path::new("runs").join(format!("faces-{}", dataset.name())));
     }
     let model = &mut cli.model;
     model.latent = Some(model.latent.unwrap_or(defaults.latent));
@@ -232,10 +220,6 @@ fn parse() -> Result<Cli> {
     if model.conditional && dataset != Dataset::Olivetti {
         bail!("--conditional needs labels: use it with --dataset olivetti");
     }
-    model.batch_size = cli.run.batch_size;
-    model.lr = cli.run.lr;
-    model.seed = cli.run.seed;
-    model.objective = Some(cli.objective.clone());
     Ok(cli)
 }
 
@@ -299,8 +283,8 @@ fn main() -> Result<()> {
     let device = cli.run.device()?;
     let data = load(&cli)?;
     println!("device {device:?}");
-    fs::create_dir_all(&cli.run.out)
-        .with_context(|| format!("creating {}", cli.run.out.display()))?;
+    let out = cli.run.out_dir(EXAMPLE);
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let latent = model.latent.unwrap_or_default();
     let hidden = model.hidden.unwrap_or_default();
@@ -423,7 +407,7 @@ fn run<M: FaceModel>(
             .with_order(candle_vae::data::Order::Sequential)
             .with_layout(data.layout),
     )?;
-    let optimizer = Adam::from_store(params, AdamConfig::new(cli.run.lr))?;
+    let optimizer = Adam::from_store(params, cli.optim.adam_config())?;
     let architecture = match model.dataset {
         Dataset::Frey => format!(
             "MLP {}-{}-{} (tanh)",
@@ -451,12 +435,13 @@ fn run<M: FaceModel>(
         ),
     };
     println!(
-        "model: {architecture}, {} likelihood, {} parameters; objective: {}; batch {}, Adam lr {}",
+        "model: {architecture}, {} likelihood, {} parameters; objective: {}; batch {}, Adam lr {} ({:?})",
         vae.likelihood_name(),
         params.num_parameters(),
         cli.objective.describe(),
         cli.run.batch_size,
-        cli.run.lr
+        cli.optim.lr,
+        cli.optim.lr_schedule
     );
     if vae.likelihood_name() != "bernoulli" {
         println!(
@@ -472,12 +457,20 @@ fn run<M: FaceModel>(
         train,
         test,
         state: TrainingState::new(cli.run.seed),
+        optim: cli.optim.clone(),
         device: device.clone(),
         seed: cli.run.seed,
     };
-    let checkpoint = cli.run.checkpoint();
-    session.maybe_resume(cli.run.resume, &checkpoint, model)?;
-    let out = cli.run.out.clone();
+    let checkpoint = cli.run.checkpoint(EXAMPLE);
+    let config = RunConfig {
+        model: model.clone(),
+        objective: cli.objective.clone(),
+        optim: cli.optim.clone(),
+        batch_size: cli.run.batch_size,
+        seed: cli.run.seed,
+    };
+    session.maybe_resume(cli.run.resume, &checkpoint, &config)?;
+    let out = cli.run.out_dir(EXAMPLE);
     let pictures = Pictures {
         test: &data.test,
         shape: data.shape,
@@ -488,7 +481,7 @@ fn run<M: FaceModel>(
     };
     let epochs = cli.run.epochs;
     let start = Instant::now();
-    session.fit(epochs, &checkpoint, model, |vae, record| {
+    session.fit(epochs, &checkpoint, &config, |vae, record| {
         if record.epoch % PICTURE_EVERY == 0 || record.epoch == epochs {
             pictures.epoch(vae)?;
         }

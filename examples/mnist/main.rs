@@ -20,22 +20,25 @@ use candle_vae::viz::{
     self, GridConfig, ScatterConfig, interpolation_latents, manifold_latents, traversal_latents,
 };
 use candle_vae::{
-    Activation, ActiveUnits, Adam, AdamConfig, ConvDecoder, ConvDecoderConfig, ConvEncoder,
-    ConvEncoderConfig, Decoder, Dims, EncoderT, GaussianMean, ImageShape, Likelihood, MlpDecoder,
-    MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Vae,
+    Activation, ActiveUnits, Adam, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
+    Decoder, Dims, EncoderT, GaussianMean, ImageShape, Likelihood, MlpDecoder, MlpDecoderConfig,
+    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Vae,
 };
 use clap::{Parser, ValueEnum};
-use common::{ObjectiveArgs, PICTURE_STREAM, RunArgs, Session};
+use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
 use serde::{Deserialize, Serialize};
 
 /// Train a variational auto-encoder on MNIST (Kingma & Welling 2013), report its test
 /// −ELBO, IWAE bound and importance-sampled log-likelihood, and draw reconstructions,
 /// samples, interpolations, traversals and (with --latent 2) the learned manifold.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     #[command(flatten)]
     run: RunArgs,
+
+    #[command(flatten)]
+    optim: OptimArgs,
 
     #[command(flatten)]
     objective: ObjectiveArgs,
@@ -74,23 +77,17 @@ struct ModelArgs {
     /// Encoder and decoder: fully connected, or 4×4 stride-2 convolutions (32, 64 channels).
     #[arg(long, value_enum, default_value_t = Arch::Mlp)]
     arch: Arch,
+}
 
-    /// Examples per batch (copied from --batch-size: part of the model's identity for
-    /// resuming).
-    #[arg(skip)]
+/// Everything that defines a run's numbers, stored in the checkpoint so that --resume
+/// refuses a checkpoint of another run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunConfig {
+    model: ModelArgs,
+    objective: ObjectiveArgs,
+    optim: OptimArgs,
     batch_size: usize,
-
-    /// Learning rate (copied from --lr).
-    #[arg(skip)]
-    lr: f64,
-
-    /// Seed (copied from --seed).
-    #[arg(skip)]
     seed: u64,
-
-    /// The objective flags (copied).
-    #[arg(skip)]
-    objective: Option<ObjectiveArgs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -126,16 +123,14 @@ enum Arch {
 /// Seed of the fixed Bernoulli draw of the test set, the same for every run so that
 /// test likelihoods of different runs are comparable.
 const TEST_BINARIZATION_SEED: u64 = 2015;
+/// The example's name: its default output directory is `runs/mnist`.
+const EXAMPLE: &str = "mnist";
 /// Test batches: examples per batch of the evaluation passes.
 const TEST_BATCH: usize = 100;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let mut model = cli.model.clone();
-    model.batch_size = cli.run.batch_size;
-    model.lr = cli.run.lr;
-    model.seed = cli.run.seed;
-    model.objective = Some(cli.objective.clone());
+    let model = cli.model.clone();
 
     let device = cli.run.device()?;
     let dir = Mnist::locate(cli.run.data.as_deref())?;
@@ -148,8 +143,8 @@ fn main() -> Result<()> {
         mnist.test.len(),
         device
     );
-    fs::create_dir_all(&cli.run.out)
-        .with_context(|| format!("creating {}", cli.run.out.display()))?;
+    let out = cli.run.out_dir(EXAMPLE);
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let params = ParamStore::new(cli.run.seed);
     let vb = params.var_builder(DType::F32, &device);
@@ -244,7 +239,7 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims>(
             .with_binarization(test_bin)
             .with_layout(layout),
     )?;
-    let optimizer = Adam::from_store(params, AdamConfig::new(cli.run.lr))?;
+    let optimizer = Adam::from_store(params, cli.optim.adam_config())?;
     println!(
         "model: {:?} {} → {} → {}, {} likelihood, {} parameters; objective: {}",
         model.arch,
@@ -268,15 +263,23 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims>(
         train,
         test,
         state: TrainingState::new(cli.run.seed),
+        optim: cli.optim.clone(),
         device,
         seed: cli.run.seed,
     };
-    let checkpoint = cli.run.checkpoint();
-    session.maybe_resume(cli.run.resume, &checkpoint, model)?;
-    let out = cli.run.out.clone();
+    let checkpoint = cli.run.checkpoint(EXAMPLE);
+    let config = RunConfig {
+        model: model.clone(),
+        objective: cli.objective.clone(),
+        optim: cli.optim.clone(),
+        batch_size: cli.run.batch_size,
+        seed: cli.run.seed,
+    };
+    session.maybe_resume(cli.run.resume, &checkpoint, &config)?;
+    let out = cli.run.out_dir(EXAMPLE);
     let test_set = session.test.dataset().clone();
     let device = session.device.clone();
-    session.fit(cli.run.epochs, &checkpoint, model, |vae, _| {
+    session.fit(cli.run.epochs, &checkpoint, &config, |vae, _| {
         epoch_pictures(vae, &test_set, layout, cli.run.seed, &out, &device)
     })?;
     println!("checkpoint: {}", checkpoint.display());
