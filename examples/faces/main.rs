@@ -147,7 +147,7 @@ impl Dataset {
         match self {
             // Kingma & Welling (2013): minibatches of 100, 200 hidden units.
             Dataset::Frey => Defaults {
-                epochs: 1000,
+                epochs: 500,
                 batch_size: 100,
                 warmup_steps: 0,
                 latent: 2,
@@ -171,7 +171,7 @@ const PER_DATASET: [(&str, &str); 4] = [
     (
         "epochs",
         "Training epochs, in total (a resumed run continues up to this number) [default: \
-         1000 (frey), 200 (olivetti)]",
+         500 (frey), 200 (olivetti)]",
     ),
     (
         "batch_size",
@@ -662,7 +662,9 @@ impl Pictures<'_> {
             self.save(
                 "manifold.png",
                 &vae.decode_mean(&z, &grid_cond)?,
-                GridConfig::new(steps).with_padding(0, 1.0),
+                GridConfig::new(steps)
+                    .with_padding(0, 1.0)
+                    .with_scale(self.scale().min(2)),
             )?;
         }
         Ok(())

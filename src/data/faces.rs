@@ -11,7 +11,7 @@
 //!   each person's 10 images drawn with [`Olivetti::SPLIT_SEED`] for testing, 8 for
 //!   training (320 / 80). Every person appears in both parts.
 //!
-//! Both are read from gzipped (or plain) IDX files with [`idx`](super::idx); their
+//! Both are read from gzipped (or plain) IDX files with [`idx`]; their
 //! directories are found like MNIST's ([`resolve_data_dir`]): `--data`, else
 //! `$CANDLE_VAE_DATA/frey` (`…/olivetti`), else `./data/frey` (`./data/olivetti`).
 //!
