@@ -274,6 +274,41 @@ pub fn write_history(path: &Path, history: &[EpochRecord]) -> Result<()> {
     std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Draws the training curve with [`candle_vae::viz::scatter`]: −ELBO per example against
+/// the epoch, train in colour 0 (blue), test in colour 1 (orange). The y axis spans the
+/// points after the first 5% of the epochs, so the first steep epochs do not flatten the
+/// rest (earlier points outside it are left out).
+pub fn save_training_curve(path: &Path, history: &[EpochRecord]) -> Result<()> {
+    use candle_vae::viz::{ScatterConfig, scatter};
+    if history.is_empty() {
+        return Ok(());
+    }
+    let mut points = Vec::with_capacity(4 * history.len());
+    let mut labels = Vec::with_capacity(2 * history.len());
+    for r in history {
+        for (label, value) in [(0u8, r.train_neg_elbo), (1, r.test_neg_elbo)] {
+            points.extend([r.epoch as f32, value as f32]);
+            labels.push(label);
+        }
+    }
+    let last = history.len();
+    let settled = history.iter().filter(|r| r.epoch * 20 >= last);
+    let (lo, hi) = settled
+        .flat_map(|r| [r.train_neg_elbo, r.test_neg_elbo])
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let range = [0.0, last as f32 + 1.0, (lo - pad) as f32, (hi + pad) as f32];
+    let points = candle_core::Tensor::from_vec(points, (labels.len(), 2), &Device::Cpu)?;
+    let config = ScatterConfig::default()
+        .with_size(400)
+        .with_points(1.5, 1.0)
+        .with_range(range);
+    scatter(&points, Some(&labels), &config)?.save_png(path)?;
+    Ok(())
+}
+
 /// A training run in progress: the model (a `Vae`, or a `ConditionalVae` fed the batch
 /// labels), its optimiser, the data and the run state.
 pub struct Session<'a, M> {

@@ -496,9 +496,10 @@ fn run<M: FaceModel>(
     );
     println!("checkpoint: {}", checkpoint.display());
     common::write_history(&out.join("history.csv"), &session.state.history)?;
+    common::save_training_curve(&out.join("curve.png"), &session.state.history)?;
 
     pictures.last(vae)?;
-    println!("pictures and history.csv: {}", out.display());
+    println!("pictures, history.csv and curve.png: {}", out.display());
     if cli.run.eval_k > 0 {
         session.final_evaluation(cli.run.eval_k, cli.objective.bound_k())?;
     }
@@ -662,9 +663,15 @@ impl Pictures<'_> {
             self.save(
                 "manifold.png",
                 &vae.decode_mean(&z, &grid_cond)?,
-                GridConfig::new(steps)
-                    .with_padding(0, 1.0)
-                    .with_scale(self.scale().min(2)),
+                GridConfig::new(steps).with_padding(0, 1.0),
+            )?;
+            // The same map, coarser and larger, to read the axes: 7×7 points.
+            let z = manifold_latents(7, DType::F32, self.device)?;
+            let grid_cond = cond.narrow(0, 0, 1)?.repeat((49, 1))?;
+            self.save(
+                "manifold-7x7.png",
+                &vae.decode_mean(&z, &grid_cond)?,
+                GridConfig::new(7).with_scale(self.scale()),
             )?;
         }
         Ok(())
