@@ -216,12 +216,17 @@ impl Adam {
             let Some(grad) = grads.get(&slot.var) else {
                 continue;
             };
+            // candle detaches the gradients of inner nodes but not of leaf variables: a
+            // variable used directly by an op (a conv kernel) gets a gradient that still
+            // references the forward graph. Moments built from it would chain every
+            // step's graph to the next and leak it all.
+            let grad = grad.detach();
             slot.step += 1;
             let theta = slot.var.as_tensor();
             let grad = if weight_decay > 0.0 && decay_mode == WeightDecay::L2 {
                 (grad + (theta * weight_decay)?)?
             } else {
-                grad.clone()
+                grad
             };
             slot.m = ((&slot.m * beta1)? + (&grad * (1.0 - beta1))?)?;
             slot.v = ((&slot.v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
@@ -320,5 +325,54 @@ impl candle_nn::Optimizer for Adam {
 
     fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module};
+
+    use super::*;
+    use crate::layers::conv2d;
+
+    /// A conv kernel's gradient references the forward graph (candle does not detach leaf
+    /// gradients); the moments must not keep it, or memory grows with every step.
+    #[test]
+    fn moments_hold_no_graph_after_a_conv_step() -> crate::Result<()> {
+        let store = ParamStore::new(0);
+        let vb = store.var_builder(DType::F32, &Device::Cpu);
+        let config = candle_nn::Conv2dConfig::default();
+        let first = conv2d(1, 2, 3, config, vb.pp("a"))?;
+        let second = conv2d(2, 1, 3, config, vb.pp("b"))?;
+        let xs = Tensor::ones((1, 1, 8, 8), DType::F32, &Device::Cpu)?;
+        let loss = second
+            .forward(&first.forward(&xs)?.relu()?)?
+            .sqr()?
+            .sum_all()?;
+        let grads = loss.backward()?;
+        let kernel = store
+            .named_vars()?
+            .into_iter()
+            .find(|(name, _)| name == "b.weight")
+            .map(|(_, var)| var)
+            .ok_or_else(|| crate::Error::config("test", "b.weight", "missing", "exists"))?;
+        let grad = grads
+            .get(&kernel)
+            .ok_or_else(|| crate::Error::config("test", "grad", "missing", "exists"))?;
+        assert!(
+            grad.track_op(),
+            "premise: candle leaves this gradient attached"
+        );
+
+        let mut adam = Adam::from_store(&store, AdamConfig::default())?;
+        adam.step(&grads)?;
+        for slot in &adam.slots {
+            assert!(
+                !slot.m.track_op() && !slot.v.track_op(),
+                "{} keeps a graph",
+                slot.name
+            );
+        }
+        Ok(())
     }
 }
