@@ -108,6 +108,33 @@ pub enum Error {
         reason: String,
     },
 
+    /// An IDX file (the MNIST format) breaks a rule of the format.
+    #[error("{path}: {problem}")]
+    Idx {
+        /// The file.
+        path: PathBuf,
+        /// The rule it breaks, with the values found.
+        problem: IdxProblem,
+    },
+
+    /// A dataset's files are in none of the places they were looked for.
+    #[error(
+        "no {dataset} data found; looked in {}.\n\
+         Put these files (plain or .gz) in one of those directories: {}.\n{hint}",
+        display_paths(searched),
+        files.join(", ")
+    )]
+    DataNotFound {
+        /// The dataset, e.g. `mnist`.
+        dataset: String,
+        /// The directories searched, in order.
+        searched: Vec<PathBuf>,
+        /// The files each directory must hold.
+        files: Vec<String>,
+        /// Where to get them.
+        hint: String,
+    },
+
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -125,6 +152,91 @@ pub enum Error {
     /// An error from the safetensors format.
     #[error(transparent)]
     Safetensors(#[from] safetensors::SafeTensorError),
+}
+
+/// The rule of the IDX format a file breaks (see [`Error::Idx`]).
+///
+/// IDX is the format of the MNIST files: a big-endian header (magic number
+/// `0x0000_08DD`, where `08` says the values are unsigned bytes and `DD` is the number
+/// of dimensions, then one `u32` per dimension), then the values, row-major.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdxProblem {
+    /// The file holds no byte at all (after decompression).
+    #[error("the file is empty")]
+    Empty,
+    /// The file ends inside its header.
+    #[error("the file ends inside its {expected}-byte header, after {found} bytes")]
+    TruncatedHeader {
+        /// Bytes the header needs.
+        expected: usize,
+        /// Bytes the file has.
+        found: usize,
+    },
+    /// The magic number is not the expected one.
+    #[error("magic number {found} (0x{found:08x}), expected {expected} (0x{expected:08x}, {what})")]
+    WrongMagic {
+        /// The expected magic number (2051 for images, 2049 for labels).
+        expected: u32,
+        /// The magic number in the file.
+        found: u32,
+        /// What the expected magic number stands for.
+        what: &'static str,
+    },
+    /// A dimension that must be positive is 0.
+    #[error("dimensions {dims:?}: the image sides must be > 0")]
+    ZeroDimension {
+        /// The dimensions in the header.
+        dims: Vec<u32>,
+    },
+    /// The dimensions multiply to more elements than this machine can address.
+    #[error("dimensions {dims:?} overflow: their product does not fit in {bits} bits")]
+    DimensionsOverflow {
+        /// The dimensions in the header.
+        dims: Vec<u32>,
+        /// Width of `usize` on this machine.
+        bits: u32,
+    },
+    /// The header promises more bytes of data than the file holds.
+    #[error("the header promises {expected} bytes of data but the file holds only {found}")]
+    Truncated {
+        /// Bytes of data the header promises.
+        expected: u64,
+        /// Bytes of data present.
+        found: u64,
+    },
+    /// Bytes follow the data the header promises.
+    #[error("{extra} unexpected byte(s) after the {expected} bytes of data the header promises")]
+    TrailingBytes {
+        /// Bytes of data the header promises.
+        expected: u64,
+        /// Bytes beyond them.
+        extra: u64,
+    },
+    /// The gzip stream cannot be decompressed (bad header, bad checksum, cut short).
+    #[error("corrupt gzip stream: {message}")]
+    CorruptGzip {
+        /// The decompressor's complaint.
+        message: String,
+    },
+    /// A label file does not hold one label per image.
+    #[error("{labels} labels, but {images_path} holds {images} images")]
+    CountMismatch {
+        /// Number of labels in this file.
+        labels: usize,
+        /// Number of images in the image file.
+        images: usize,
+        /// The image file.
+        images_path: PathBuf,
+    },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `Result` with this crate's [`Error`].

@@ -67,6 +67,7 @@ pub mod architecture {}
 pub mod checkpoint;
 pub mod component;
 pub mod conv;
+pub mod data;
 pub mod device;
 pub mod distribution;
 pub mod error;
@@ -82,14 +83,16 @@ pub mod noise;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod train;
 pub mod vae;
+pub mod viz;
 
 pub use checkpoint::Checkpoint;
 pub use component::{Decoder, Dims, Encoder, EncoderT};
 pub use conv::{ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ImageShape};
 pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
-pub use error::{Error, Result};
+pub use error::{Error, IdxProblem, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
 pub use layers::Activation;
 pub use likelihood::{GaussianMean, GaussianVariance, Likelihood};

@@ -1,0 +1,551 @@
+//! The reusable parts of a training loop: an objective, one epoch of training, an
+//! evaluation pass, the importance-sampled likelihood over a dataset, and the state a
+//! checkpoint needs so that a resumed run repeats the uninterrupted one exactly.
+//!
+//! ```
+//! use candle_core::{DType, Device};
+//! use candle_vae::data::{DataLoader, DataLoaderConfig, ImageDataset, Order};
+//! use candle_vae::train::{Objective, TrainingState, evaluate, train_epoch};
+//! use candle_vae::*;
+//!
+//! let device = Device::Cpu;
+//! let pixels: Vec<u8> = (0..40 * 16).map(|i| (i * 37 % 256) as u8).collect();
+//! let data = ImageDataset::new(pixels, 4, 4, None)?;
+//! let train = DataLoader::new(data.clone(), DataLoaderConfig::new(8))?;
+//! let test = DataLoader::new(data, DataLoaderConfig::new(8).with_order(Order::Sequential))?;
+//!
+//! let params = ParamStore::new(1);
+//! let vb = params.var_builder(DType::F32, &device);
+//! let enc = MlpEncoder::new(&MlpEncoderConfig::new(16, &[8], 2), vb.pp("enc"))?;
+//! let dec = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], 16), vb.pp("dec"))?;
+//! let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+//! let mut adam = Adam::from_store(&params, AdamConfig::new(1e-2))?;
+//! let objective = Objective::Elbo(ElboLoss::new(ElboLossConfig::default())?);
+//! let mut state = TrainingState::new(7);
+//!
+//! let summary = train_epoch(&vae, &mut adam, &objective, &train, &mut state, &device, |_, _| {})?;
+//! let eval = evaluate(&vae, &test, &mut NoiseSource::new(0), &device, |_| {})?;
+//! assert_eq!((summary.examples, eval.examples, state.step), (40, 40, 5));
+//! # Ok::<(), candle_vae::Error>(())
+//! ```
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::component::{Decoder, Dims, EncoderT};
+use crate::data::{Batch, DataLoader};
+use crate::error::{Result, ensure};
+use crate::estimate::{ActiveUnits, ImportanceSamplingConfig, iwae_bound, log_importance_weights};
+use crate::loss::{ElboLoss, ElboLossConfig, Reduction};
+use crate::noise::{NoiseSource, NoiseState};
+use crate::optim::Adam;
+use crate::params::ParamStore;
+use crate::vae::{ConditionalVae, Vae, VaeOutput};
+
+/// A model the functions of this module drive, one [`Batch`] at a time: a [`Vae`] reads
+/// the images, a [`ConditionalVae`] also the labels, one-hot encoded as its condition.
+pub trait BatchModel {
+    /// One forward pass on `batch`: one posterior sample per example (`samples` = `None`,
+    /// z of shape `(N, D)`) or k (`Some(k)`, z of shape `(k, N, D)`), drawn from `noise`.
+    ///
+    /// # Errors
+    /// If the batch does not fit the model (for a conditional model: if it has no labels,
+    /// or a label is not below the condition width).
+    fn forward_batch(
+        &self,
+        batch: &Batch,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput>;
+}
+
+impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for Vae<E, D> {
+    fn forward_batch(
+        &self,
+        batch: &Batch,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        match samples {
+            None => self.forward_t(&batch.images, noise, train),
+            Some(k) => self.forward_samples_t(&batch.images, k, noise, train),
+        }
+    }
+}
+
+impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for ConditionalVae<E, D> {
+    fn forward_batch(
+        &self,
+        batch: &Batch,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+        train: bool,
+    ) -> candle_core::Result<VaeOutput> {
+        let labels = batch.labels.clone().ok_or_else(|| {
+            candle_core::Error::Msg("a conditional VAE needs a labelled dataset".into())
+        })?;
+        let cond = candle_nn::encoding::one_hot(labels, self.condition_dim(), 1f32, 0f32)?
+            .to_dtype(batch.images.dtype())?;
+        match samples {
+            None => self.forward_t(&batch.images, &cond, noise, train),
+            Some(k) => self.forward_samples_t(&batch.images, &cond, k, noise, train),
+        }
+    }
+}
+
+/// What a training step minimises.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Objective {
+    /// The negative ELBO of an [`ElboLoss`] (with its β, free bits, KL schedule and
+    /// reduction), one posterior sample per example (Kingma & Welling 2013).
+    Elbo(ElboLoss),
+    /// The negative IWAE bound −L_k with `samples` = k posterior samples per example
+    /// (Burda et al. 2015, eq. 8); k = 1 is the ELBO.
+    Iwae {
+        /// k, samples per example (≥ 1).
+        samples: usize,
+        /// How the per-example bounds are reduced.
+        reduction: Reduction,
+    },
+}
+
+impl Objective {
+    /// Checks the rules [`train_epoch`] relies on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) if an IWAE objective has 0
+    /// samples.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Objective::Elbo(_) => Ok(()),
+            Objective::Iwae { samples, .. } => ensure(
+                *samples >= 1,
+                "Objective::Iwae",
+                "samples",
+                samples,
+                "must be ≥ 1",
+            ),
+        }
+    }
+}
+
+/// Everything a run must carry from one epoch to the next, besides the parameters and
+/// the optimiser: the epoch and step counters, the two noise streams, and the history.
+///
+/// Data order and dynamic binarization draw from `data_noise`; the reparameterization
+/// noise from `model_noise`. Both are stored in checkpoints by [`save`](Self::save), so
+/// [`resume`](Self::resume) continues the exact streams.
+#[derive(Debug, Clone)]
+pub struct TrainingState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimiser steps taken (the `t` of KL schedules).
+    pub step: usize,
+    /// The source of batch order and dynamic binarization.
+    pub data_noise: NoiseSource,
+    /// The source of the reparameterization noise ε.
+    pub model_noise: NoiseSource,
+    /// One record per completed epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+/// What one epoch measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The epoch, counted from 1.
+    pub epoch: usize,
+    /// Training −ELBO per example, averaged over the epoch's batches as they were trained.
+    pub train_neg_elbo: f64,
+    /// Test −ELBO per example.
+    pub test_neg_elbo: f64,
+    /// Test reconstruction term −E_q[log p(x|z)] per example.
+    pub test_reconstruction: f64,
+    /// Test KL(q(z|x) ‖ p(z)) per example.
+    pub test_kl: f64,
+    /// Active units on the test set (Burda et al. 2015).
+    pub active_units: usize,
+    /// Wall time of the training pass, seconds.
+    pub seconds: f64,
+    /// Training throughput, images per second.
+    pub images_per_sec: f64,
+}
+
+/// The part of [`TrainingState`] that goes into checkpoint metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedState {
+    epoch: usize,
+    step: usize,
+    data_noise: NoiseState,
+    model_noise: NoiseState,
+    history: Vec<EpochRecord>,
+}
+
+/// Metadata key of the training state.
+pub const STATE_KEY: &str = "training.state";
+/// Metadata key of the run's configuration.
+pub const CONFIG_KEY: &str = "training.config";
+
+impl TrainingState {
+    /// The state of a new run: the noise streams are substreams 1 (data) and 2 (model)
+    /// of `seed`, independent of the parameter initialisation's streams.
+    pub fn new(seed: u64) -> Self {
+        let root = NoiseSource::new(seed);
+        Self {
+            epoch: 0,
+            step: 0,
+            data_noise: root.substream(1),
+            model_noise: root.substream(2),
+            history: Vec::new(),
+        }
+    }
+
+    /// Writes a checkpoint to `path` atomically: the parameters of `params`, the state of
+    /// `optimizer`, this state, and `config` (as JSON under [`CONFIG_KEY`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`](crate::Error::Io) naming the file; serialisation errors.
+    pub fn save<C: Serialize + ?Sized>(
+        &self,
+        path: impl AsRef<Path>,
+        params: &ParamStore,
+        optimizer: &Adam,
+        config: &C,
+    ) -> Result<()> {
+        let mut checkpoint = Checkpoint::from_params(params)?;
+        optimizer.save_state(&mut checkpoint)?;
+        checkpoint.set_json(
+            STATE_KEY,
+            &SavedState {
+                epoch: self.epoch,
+                step: self.step,
+                data_noise: self.data_noise.state(),
+                model_noise: self.model_noise.state(),
+                history: self.history.clone(),
+            },
+        )?;
+        checkpoint.set_json(CONFIG_KEY, config)?;
+        checkpoint.save(path)
+    }
+
+    /// Restores a run from the checkpoint at `path`: sets `params` and `optimizer` and
+    /// returns the state with the configuration the run was saved with, for the caller
+    /// to compare with its own. Nothing changes unless every tensor is present with the
+    /// right shape.
+    ///
+    /// # Errors
+    /// [`Error::Io`](crate::Error::Io) if the file cannot be read;
+    /// [`Error::MissingTensor`](crate::Error::MissingTensor),
+    /// [`Error::TensorShape`](crate::Error::TensorShape) or
+    /// [`Error::Metadata`](crate::Error::Metadata) naming what does not fit.
+    pub fn resume<C: DeserializeOwned>(
+        path: impl AsRef<Path>,
+        device: &Device,
+        params: &ParamStore,
+        optimizer: &mut Adam,
+    ) -> Result<(Self, C)> {
+        let checkpoint = Checkpoint::load(path, device)?;
+        let saved: SavedState = checkpoint.json(STATE_KEY)?;
+        let config: C = checkpoint.json(CONFIG_KEY)?;
+        // Check the optimiser's state against the store before changing anything.
+        let mut probe = Adam::from_store(params, *optimizer.config())?;
+        probe.load_state(&checkpoint)?;
+        checkpoint.restore(params)?;
+        optimizer.load_state(&checkpoint)?;
+        Ok((
+            Self {
+                epoch: saved.epoch,
+                step: saved.step,
+                data_noise: NoiseSource::from_state(saved.data_noise),
+                model_noise: NoiseSource::from_state(saved.model_noise),
+                history: saved.history,
+            },
+            config,
+        ))
+    }
+}
+
+/// Sums over the batches of a training epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochSummary {
+    /// Examples seen.
+    pub examples: usize,
+    /// The objective per example (with β, warm-up and free bits, or −L_k).
+    pub loss: f64,
+    /// −ELBO per example (β = 1, no free bits).
+    pub neg_elbo: f64,
+    /// −E_q[log p(x|z)] per example.
+    pub reconstruction: f64,
+    /// KL(q(z|x) ‖ p(z)) per example.
+    pub kl: f64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// A scalar tensor as `f64`.
+fn scalar(value: &Tensor) -> candle_core::Result<f64> {
+    value.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// Per-example value of a scalar reduced over `n` examples.
+fn per_example(value: &Tensor, reduction: Reduction, n: usize) -> candle_core::Result<f64> {
+    let v = scalar(value)?;
+    Ok(match reduction {
+        Reduction::Sum => v / n as f64,
+        Reduction::BatchMean => v,
+    })
+}
+
+/// Trains `vae` for one epoch of `loader` with `optimizer`, drawing from `state`'s noise
+/// streams and advancing `state.step` (not `state.epoch`: the caller does that once the
+/// epoch's bookkeeping is done). `on_batch(examples, loss_per_example)` runs after every
+/// step, e.g. to move a progress bar.
+///
+/// # Errors
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad objective; candle's
+/// error if the data does not fit the model.
+pub fn train_epoch<M: BatchModel + ?Sized>(
+    vae: &M,
+    optimizer: &mut Adam,
+    objective: &Objective,
+    loader: &DataLoader,
+    state: &mut TrainingState,
+    device: &Device,
+    mut on_batch: impl FnMut(usize, f64),
+) -> Result<EpochSummary> {
+    objective.validate()?;
+    let start = Instant::now();
+    let monitor = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
+    let mut sums = [0f64; 4]; // loss, −ELBO, reconstruction, KL (per-example sums)
+    let mut examples = 0;
+    let TrainingState {
+        data_noise,
+        model_noise,
+        step,
+        ..
+    } = state;
+    for batch in loader.epoch(data_noise, device) {
+        let batch = batch?;
+        let xs = &batch.images;
+        let n = xs.dim(0)?;
+        let (loss, reduction, out) = match objective {
+            Objective::Elbo(elbo_loss) => {
+                let out = vae.forward_batch(&batch, None, model_noise, true)?;
+                let elbo = elbo_loss.forward_at_step(&out, xs, *step)?;
+                (elbo.loss, elbo_loss.config().reduction, out)
+            }
+            Objective::Iwae { samples, reduction } => {
+                let out = vae.forward_batch(&batch, Some(*samples), model_noise, true)?;
+                let loss = reduction.apply(&iwae_bound(&out, xs)?.neg()?)?;
+                (loss, *reduction, out)
+            }
+        };
+        optimizer.backward_step(&loss)?;
+        *step += 1;
+        let monitored = monitor.forward(&out, xs)?;
+        let batch_loss = per_example(&loss, reduction, n)?;
+        sums[0] += batch_loss * n as f64;
+        sums[1] += scalar(&monitored.loss)?;
+        sums[2] += scalar(&monitored.reconstruction)?;
+        sums[3] += scalar(&monitored.kl)?;
+        examples += n;
+        on_batch(n, batch_loss);
+    }
+    let n = examples.max(1) as f64;
+    Ok(EpochSummary {
+        examples,
+        loss: sums[0] / n,
+        neg_elbo: sums[1] / n,
+        reconstruction: sums[2] / n,
+        kl: sums[3] / n,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Examples evaluated.
+    pub examples: usize,
+    /// −ELBO per example, one posterior sample each.
+    pub neg_elbo: f64,
+    /// −E_q[log p(x|z)] per example.
+    pub reconstruction: f64,
+    /// KL(q(z|x) ‖ p(z)) per example (analytic).
+    pub kl: f64,
+    /// Activity of the latent dimensions over the data (threshold 0.01).
+    pub active_units: ActiveUnits,
+}
+
+/// The −ELBO of `vae` on every batch of `loader`, in evaluation mode, with one posterior
+/// sample per example drawn from `noise` — as the pytorch/examples VAE tests — and
+/// active units from the posterior means. `on_batch(examples)` runs after every batch.
+///
+/// # Errors
+/// Candle's error if the data does not fit the model.
+pub fn evaluate<M: BatchModel + ?Sized>(
+    vae: &M,
+    loader: &DataLoader,
+    noise: &mut NoiseSource,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Evaluation> {
+    let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
+    // The data order of an evaluation does not depend on `noise` (use Order::Sequential)
+    // but a dynamic binarization would; keep it apart from the model noise.
+    let mut data_noise = noise.substream(1);
+    let mut sums = [0f64; 3];
+    let mut examples = 0;
+    let mut means = Vec::with_capacity(loader.batches());
+    for batch in loader.epoch(&mut data_noise, device) {
+        let batch = batch?;
+        let xs = &batch.images;
+        let n = xs.dim(0)?;
+        let out = vae.forward_batch(&batch, None, noise, false)?;
+        let elbo = loss.forward(&out, xs)?;
+        sums[0] += scalar(&elbo.loss)?;
+        sums[1] += scalar(&elbo.reconstruction)?;
+        sums[2] += scalar(&elbo.kl)?;
+        means.push(out.posterior.mean().detach());
+        examples += n;
+        on_batch(n);
+    }
+    let n = examples.max(1) as f64;
+    Ok(Evaluation {
+        examples,
+        neg_elbo: sums[0] / n,
+        reconstruction: sums[1] / n,
+        kl: sums[2] / n,
+        active_units: ActiveUnits::from_means(means, ActiveUnits::BURDA_THRESHOLD)?,
+    })
+}
+
+/// The result of [`importance_sampled`], per example, in nats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LikelihoodEstimate {
+    /// Examples evaluated.
+    pub examples: usize,
+    /// K, importance samples per example.
+    pub samples: usize,
+    /// −ELBO estimated from all K samples: −(1/K) Σ_k log w_k.
+    pub neg_elbo: f64,
+    /// k of the IWAE bound reported.
+    pub bound_k: usize,
+    /// −L_k, the negative IWAE bound with k samples, averaged over the ⌊K/k⌋ disjoint
+    /// groups of the K samples.
+    pub neg_iwae_bound: f64,
+    /// −log p(x) ≈ −log (1/K) Σ_k w_k: the importance-sampled NLL (−L_K).
+    pub nll: f64,
+}
+
+/// The importance-sampled negative log-likelihood of every example of `loader`, with
+/// `config.samples` = K draws from q(z|x) each (5,000 in Burda et al. 2015), and from the
+/// same draws the −ELBO and the IWAE bound −L_k for `bound_k` = k. Samples go through the
+/// model `config.chunk_size` at a time (rounded down to a multiple of k, at least k) to
+/// bound memory. `on_batch(examples)` runs after every batch.
+///
+/// With log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x):
+/// −ELBO ≈ −mean_k log w_k ≥ −L_k ≥ −L_K ≈ −log p(x) (Burda et al. 2015, Theorem 1).
+///
+/// # Errors
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad `config` or `bound_k`
+/// outside 1..=K; candle's error if the data does not fit.
+pub fn importance_sampled<M: BatchModel + ?Sized>(
+    vae: &M,
+    loader: &DataLoader,
+    config: &ImportanceSamplingConfig,
+    bound_k: usize,
+    noise: &mut NoiseSource,
+    device: &Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<LikelihoodEstimate> {
+    config.validate()?;
+    let samples = config.samples;
+    ensure(
+        bound_k >= 1 && bound_k <= samples,
+        "importance_sampled",
+        "bound_k",
+        bound_k,
+        "must be in 1..=samples",
+    )?;
+    let chunk = config.chunk_size;
+    let chunk = (chunk / bound_k).max(1) * bound_k;
+    let groups = samples / bound_k;
+    let mut data_noise = noise.substream(1);
+    let (mut sum_elbo, mut sum_bound, mut sum_ll) = (0f64, 0f64, 0f64);
+    let mut examples = 0;
+    for batch in loader.epoch(&mut data_noise, device) {
+        let batch = batch?;
+        let xs = &batch.images;
+        let n = xs.dim(0)?;
+        // Per example: running log-sum-exp of all weights, sum of log w, and the sum
+        // over completed groups of k of their log-mean-exp.
+        let mut lse = vec![f64::NEG_INFINITY; n];
+        let mut total = vec![0f64; n];
+        let mut bound = vec![0f64; n];
+        let mut done = 0;
+        while done < samples {
+            let k = chunk.min(samples - done);
+            let out = vae.forward_batch(&batch, Some(k), noise, false)?;
+            let log_w = log_importance_weights(&out, xs)?
+                .detach()
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            for (j, row) in log_w.iter().enumerate() {
+                let sample = done + j;
+                for (i, &lw) in row.iter().enumerate() {
+                    total[i] += lw;
+                    lse[i] = log_add_exp(lse[i], lw);
+                }
+                // Close a group of k samples (only whole groups count).
+                if (sample + 1) % bound_k == 0 && (sample + 1) / bound_k <= groups {
+                    let first = j + 1 - bound_k;
+                    for i in 0..n {
+                        let group = log_w[first..=j].iter().map(|r| r[i]);
+                        bound[i] += log_mean_exp(group, bound_k);
+                    }
+                }
+            }
+            done += k;
+        }
+        for i in 0..n {
+            sum_elbo += total[i] / samples as f64;
+            sum_bound += bound[i] / groups as f64;
+            sum_ll += lse[i] - (samples as f64).ln();
+        }
+        examples += n;
+        on_batch(n);
+    }
+    let count = examples.max(1) as f64;
+    Ok(LikelihoodEstimate {
+        examples,
+        samples,
+        neg_elbo: -sum_elbo / count,
+        bound_k,
+        neg_iwae_bound: -sum_bound / count,
+        nll: -sum_ll / count,
+    })
+}
+
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        m
+    } else {
+        m + ((a - m).exp() + (b - m).exp()).ln()
+    }
+}
+
+fn log_mean_exp(values: impl Iterator<Item = f64> + Clone, k: usize) -> f64 {
+    let m = values.clone().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + (values.map(|v| (v - m).exp()).sum::<f64>() / k as f64).ln()
+}
