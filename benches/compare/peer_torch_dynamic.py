@@ -12,15 +12,23 @@ this script adds is the data and the evaluation the candle-vae example uses:
   log-likelihood log p(x) ~ log (1/K) sum_k p(x, z_k) / q(z_k | x) with K samples per
   test image (chunked, log-sum-exp), the estimator of candle_vae::estimate.
 
+With --evaluate CHECKPOINT it trains nothing and scores a model saved by the candle-vae
+example (its fc1 ... fc4 tensors load into the PyTorch module as they are): the same
+model under both implementations of the estimator.
+
 Usage (torch in a virtualenv outside the repository):
   $HOME/torch-venv/bin/python benches/compare/peer_torch_dynamic.py \
       --data /path/to/datasets/mnist --seeds 1 2 3
-Prints one line per epoch and one summary line per seed.
+  $HOME/torch-venv/bin/python benches/compare/peer_torch_dynamic.py \
+      --data /path/to/datasets/mnist --evaluate runs/dynamic/checkpoint.safetensors
+Prints one line per epoch and one summary line per seed (or per evaluation).
 """
 import argparse
 import importlib.util
+import json
 import math
 import os
+import struct
 import time
 
 import torch
@@ -75,6 +83,34 @@ def nll(model, data, k, chunk=100, bs=100):
     return total / data.shape[0]
 
 
+def load_safetensors_f32(path, prefix="fc"):
+    """The F32 tensors of a safetensors file whose names start with prefix (no extra
+    package needed: an 8-byte header length, a JSON header, then raw little-endian data)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__" or not name.startswith(prefix) or info["dtype"] != "F32":
+            continue
+        begin, end = info["data_offsets"]
+        data = bytearray(raw[8 + n + begin:8 + n + end])
+        tensors[name] = torch.frombuffer(data, dtype=torch.float32).view(info["shape"]).clone()
+    return tensors
+
+
+def evaluate_checkpoint(args, peer, test):
+    torch.manual_seed(1)
+    model = peer.VAE()
+    model.load_state_dict(load_safetensors_f32(args.evaluate))
+    model.eval()
+    elbo = test_elbo(model, peer, test)
+    estimate = nll(model, test, args.k)
+    print(f"{args.evaluate}: test -ELBO {elbo:.4f} | NLL (IS, k = {args.k}) {estimate:.4f} nats",
+          flush=True)
+
+
 def run(args, peer, train, test, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -117,12 +153,16 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--evaluate", help="score this candle-vae checkpoint instead of training")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     peer = load_peer(args.peer)
     train, test = peer.load_mnist(args.data)
     test = torch.bernoulli(test, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    if args.evaluate:
+        evaluate_checkpoint(args, peer, test)
+        return
     for seed in args.seeds:
         run(args, peer, train, test, seed)
 
