@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::component::{Dims, Encoder};
 use crate::distribution::DiagonalGaussian;
 use crate::error::{Error, ensure};
+use crate::fused;
 use crate::layers::{Activation, conv_transpose2d, conv2d, linear};
 
 const KERNEL: usize = 4;
@@ -265,7 +266,7 @@ impl Encoder for ConvEncoder {
             h = self
                 .config
                 .activation
-                .forward(&conv.forward(&match_parity(&h)?)?)?;
+                .forward(&fused::conv2d(&match_parity(&h)?, conv)?)?;
         }
         let mut h = h.flatten_from(1)?;
         if let Some(hidden) = &self.hidden {
@@ -476,7 +477,7 @@ impl Module for ConvDecoder {
         ))?;
         let last = self.stages.len() - 1;
         for (i, stage) in self.stages.iter().enumerate() {
-            h = stage.deconv.forward(&h)?;
+            h = fused::conv_transpose2d(&h, &stage.deconv)?;
             let (th, tw) = stage.target;
             if h.dim(2)? != th || h.dim(3)? != tw {
                 h = h.narrow(2, 0, th)?.narrow(3, 0, tw)?;

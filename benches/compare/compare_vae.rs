@@ -7,10 +7,11 @@
 //! compare_vae train --data DIR [--epochs 1] [--batch-size 128] [--plain]
 //! compare_vae nll   --data DIR [--images 1000] [--samples 1000] [--chunk 100] [--plain]
 //! compare_vae conv  [--data DIR] --size 28|64 [--steps 40] [--batch-size 128] [--plain]
+//!                   [--no-fused-conv]
 //! compare_vae steps [--batch-size 128] [--steps 200] [--plain]
 //! ```
 //! `DIR` holds the uncompressed MNIST IDX files (`compare.py` unpacks the `.gz` ones);
-//! `--plain` turns the fused kernels off.
+//! `--plain` turns the fused kernels off; `--no-fused-conv` only the convolution kernels.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -62,7 +63,7 @@ impl Args {
                 .strip_prefix("--")
                 .context("flags start with --")?
                 .to_string();
-            if name == "plain" {
+            if name == "plain" || name == "no-fused-conv" {
                 flags.insert(name, "1".into());
             } else {
                 flags.insert(name, it.next().context("flag without value")?);
@@ -261,6 +262,7 @@ fn main() -> Result<()> {
     } else {
         FusedKernels::ALL
     };
+    let kernels = kernels.with_conv(kernels.conv && !args.flags.contains_key("no-fused-conv"));
     let line = with_fused_kernels(kernels, || match args.mode.as_str() {
         "train" => train(&args),
         "nll" => nll(&args),

@@ -15,6 +15,10 @@
 //!   products on transposed *views* (no transposed copies), skipping the gradient of an
 //!   input that needs none ([`MlpEncoder`](crate::MlpEncoder),
 //!   [`MlpDecoder`](crate::MlpDecoder)).
+//! * **Convolutions**: 2-D convolutions and transposed convolutions as im2col/col2im and
+//!   matrix products, forward and backward (candle 0.11 runs transposed convolutions, and
+//!   so every convolution's backward, as direct loops), threaded over the batch
+//!   ([`ConvEncoder`](crate::ConvEncoder), [`ConvDecoder`](crate::ConvDecoder)).
 //!
 //! Every kernel is chosen transparently: it runs where it applies (CPU, `f32`, the layouts
 //! it handles) and the plain candle ops run everywhere else (CUDA, Metal, other dtypes),
@@ -35,7 +39,10 @@
 
 use std::cell::Cell;
 
+pub use conv::{conv_transpose2d, conv2d};
+
 pub(crate) mod adam;
+mod conv;
 pub(crate) mod elbo;
 mod gemm;
 pub(crate) mod linear;
@@ -52,6 +59,8 @@ pub struct FusedKernels {
     pub elbo: bool,
     /// Linear layers with fused bias and ReLU.
     pub linear: bool,
+    /// 2-D convolutions and transposed convolutions as im2col/col2im and matrix products.
+    pub conv: bool,
 }
 
 impl FusedKernels {
@@ -60,6 +69,7 @@ impl FusedKernels {
         adam: true,
         elbo: true,
         linear: true,
+        conv: true,
     };
 
     /// Every kernel off: plain candle ops only.
@@ -67,6 +77,7 @@ impl FusedKernels {
         adam: false,
         elbo: false,
         linear: false,
+        conv: false,
     };
 
     /// Sets whether the Adam kernel runs.
@@ -87,6 +98,13 @@ impl FusedKernels {
     #[must_use]
     pub const fn with_linear(mut self, on: bool) -> Self {
         self.linear = on;
+        self
+    }
+
+    /// Sets whether the convolution kernels run.
+    #[must_use]
+    pub const fn with_conv(mut self, on: bool) -> Self {
+        self.conv = on;
         self
     }
 }

@@ -1,0 +1,670 @@
+//! 2-D convolutions and transposed convolutions (`f32`, CPU) as im2col/col2im plus matrix
+//! products, forward and backward.
+//!
+//! candle 0.11 runs `conv2d` forward as im2col + gemm, but `conv_transpose2d` forward as a
+//! direct, single-threaded loop over every output element and kernel tap; the input
+//! gradient of `conv2d` is a `conv_transpose2d`, and the weight gradients of both are
+//! convolutions with the output gradient as a `Ho × Wo` kernel dilated by the stride, which
+//! take the direct path too. A step of the convolutional VAE spent most of its time there.
+//!
+//! Here, with a kernel of `K₁ × K₂`, stride s and padding p, one image `(C, H, W)` and a
+//! grid of `G₁ × G₂` kernel positions, `im2col` lays out the `(C·K₁·K₂, G₁·G₂)` matrix of
+//! the patches and `col2im` scatter-adds such a matrix back onto an image. Then, per image
+//! (`W` read as a matrix, `X`, `Y` as `(channels, pixels)`):
+//!
+//! | | forward | ∂X | ∂W (summed over the batch) |
+//! |---|---|---|---|
+//! | conv2d, `W: (O, C·K₁·K₂)` | `Y = W·im2col(X) + b` | `col2im(Wᵀ·∂Y)` | `∂Y·im2col(X)ᵀ` |
+//! | conv_transpose2d, `W: (C, O·K₁·K₂)` | `Y = col2im(Wᵀ·X) + b` | `W·im2col(∂Y)` | `X·im2col(∂Y)ᵀ` |
+//!
+//! and `∂b` is the sum of `∂Y` over images and pixels. (The two operations are each
+//! other's adjoint, which is why the same two layouts serve both.) The batch is cut into
+//! blocks that rayon spreads over its threads; each block reuses one patch buffer and, in
+//! the backward pass, sums its own partial ∂W and ∂b, added up at the end. Within a block,
+//! the images of a small map are side by side in one product (at least 256 columns:
+//! 16 images of a 4×4 map), so that the product is not one thin matrix per image and ∂W
+//! is not read and written once per image. The gradient of an input that needs none
+//! (data) is not computed.
+//!
+//! Dilation other than 1, groups other than 1, a missing bias, other dtypes and devices
+//! take candle's path.
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, bail};
+use candle_nn::{Conv2d, ConvTranspose2d};
+use rayon::prelude::*;
+
+use super::gemm::{MatMut, MatRef, matmul};
+use super::storage::{is_cpu_f32, slice, with_slice};
+
+/// Below this many multiply-adds the batch runs in one piece on the calling thread.
+const SPLIT_ABOVE: usize = 1 << 20;
+/// Blocks per thread, so that work stealing can even out a slow thread.
+const BLOCKS_PER_THREAD: usize = 2;
+/// Columns (images × pixels) per matrix product, at least.
+const MIN_COLS: usize = 256;
+
+/// `layer(x)`: the fused kernel where it applies (enabled, CPU, `f32`, rank 4, a bias,
+/// dilation 1, one group), candle's `Conv2d` elsewhere.
+///
+/// # Shapes
+/// `x`: `(N, C, H, W)` → `(N, O, (H + 2p − K₁)/s + 1, (W + 2p − K₂)/s + 1)`.
+///
+/// # Errors
+/// If `x` does not fit the layer.
+pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
+    let config = layer.config();
+    let w = layer.weight();
+    let fused = match layer.bias() {
+        Some(b)
+            if super::fused_kernels().conv
+                && config.dilation == 1
+                && config.groups == 1
+                && config.stride > 0
+                && fits(x, w, b, 1, 0)?
+                && x.dim(2)? + 2 * config.padding >= w.dim(2)?
+                && x.dim(3)? + 2 * config.padding >= w.dim(3)? =>
+        {
+            Some(b)
+        }
+        _ => None,
+    };
+    let Some(b) = fused else {
+        return layer.forward(x);
+    };
+    super::prime_allocator();
+    x.contiguous()?.apply_op3(
+        w,
+        b,
+        ConvOp {
+            kind: Kind::Conv,
+            stride: config.stride,
+            padding: config.padding,
+            output_padding: 0,
+        },
+    )
+}
+
+/// `layer(x)`: the fused kernel where it applies (enabled, CPU, `f32`, rank 4, a bias,
+/// dilation 1), candle's `ConvTranspose2d` elsewhere.
+///
+/// # Shapes
+/// `x`: `(N, C, H, W)` → `(N, O, (H − 1)·s − 2p + K₁ + q, (W − 1)·s − 2p + K₂ + q)`
+/// (q the output padding).
+///
+/// # Errors
+/// If `x` does not fit the layer.
+pub fn conv_transpose2d(x: &Tensor, layer: &ConvTranspose2d) -> candle_core::Result<Tensor> {
+    let config = layer.config();
+    let w = layer.weight();
+    let grows = |side: usize, k: usize| (side - 1) * config.stride + k + config.output_padding;
+    let fused = match layer.bias() {
+        Some(b)
+            if super::fused_kernels().conv
+                && config.dilation == 1
+                && config.stride > 0
+                && fits(x, w, b, 0, 1)?
+                && grows(x.dim(2)?, w.dim(2)?) > 2 * config.padding
+                && grows(x.dim(3)?, w.dim(3)?) > 2 * config.padding =>
+        {
+            Some(b)
+        }
+        _ => None,
+    };
+    let Some(b) = fused else {
+        return layer.forward(x);
+    };
+    super::prime_allocator();
+    x.contiguous()?.apply_op3(
+        w,
+        b,
+        ConvOp {
+            kind: Kind::Transposed,
+            stride: config.stride,
+            padding: config.padding,
+            output_padding: config.output_padding,
+        },
+    )
+}
+
+/// Whether `x`, `w`, `b` are non-empty CPU `f32` tensors of ranks 4, 4, 1 with `x`'s
+/// channels on `w`'s axis `in_axis` and `b`'s length on `w`'s axis `out_axis`, `w` and `b`
+/// contiguous.
+fn fits(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    in_axis: usize,
+    out_axis: usize,
+) -> candle_core::Result<bool> {
+    Ok(x.rank() == 4
+        && w.rank() == 4
+        && b.rank() == 1
+        && x.elem_count() > 0
+        && w.elem_count() > 0
+        && x.dim(1)? == w.dim(in_axis)?
+        && b.dim(0)? == w.dim(out_axis)?
+        && w.is_contiguous()
+        && b.is_contiguous()
+        && [x, w, b].iter().all(|t| is_cpu_f32(t)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `conv2d`, weight `(O, C, K₁, K₂)`.
+    Conv,
+    /// `conv_transpose2d`, weight `(C, O, K₁, K₂)`.
+    Transposed,
+}
+
+/// The patches of one image `(channels, height, width)` taken by a `k_h × k_w` kernel at
+/// the `grid_h × grid_w` positions (gy·s − p, gx·s − p), as a `(channels·k_h·k_w,
+/// grid_h·grid_w)` matrix; positions outside the image read as zero.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    channels: usize,
+    height: usize,
+    width: usize,
+    k_h: usize,
+    k_w: usize,
+    stride: usize,
+    padding: usize,
+    grid_h: usize,
+    grid_w: usize,
+}
+
+impl Geometry {
+    fn rows(&self) -> usize {
+        self.channels * self.k_h * self.k_w
+    }
+
+    fn cols(&self) -> usize {
+        self.grid_h * self.grid_w
+    }
+
+    /// The grid positions g in `lo..hi` (of `0..grid`) whose tap `k` lands inside
+    /// `0..extent`: 0 ≤ g·s + k − p < extent.
+    fn valid(&self, k: usize, extent: usize, grid: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let lo = if k >= p { 0 } else { (p - k).div_ceil(s) };
+        let hi = if extent + p > k {
+            ((extent - 1 + p - k) / s + 1).min(grid)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// Calls `f(row of the patch matrix, source row of the image or None, lo, hi, offset)`
+    /// for every grid row of every kernel tap, where grid column gx ∈ `lo..hi` reads image
+    /// column gx·s + k₂ − p.
+    fn for_each_segment(
+        &self,
+        mut f: impl FnMut(usize, usize, Option<usize>, usize, usize, usize),
+    ) {
+        let (h, w, s, p) = (self.height, self.width, self.stride, self.padding);
+        let mut row = 0;
+        for c in 0..self.channels {
+            for ki in 0..self.k_h {
+                let (y_lo, y_hi) = self.valid(ki, h, self.grid_h);
+                for kj in 0..self.k_w {
+                    let (x_lo, x_hi) = self.valid(kj, w, self.grid_w);
+                    for gy in 0..self.grid_h {
+                        let src = (y_lo..y_hi)
+                            .contains(&gy)
+                            .then(|| (c * h + gy * s + ki - p) * w);
+                        // Image column of grid column x_lo (only used when x_lo < x_hi).
+                        let first = (x_lo * s + kj).saturating_sub(p);
+                        f(row, gy, src, x_lo, x_hi, first);
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+
+    /// Columns `offset..offset + cols()` of the row-major matrix `col` with rows of `ld`
+    /// ← the patch matrix of `image`.
+    fn im2col(&self, image: &[f32], col: &mut [f32], ld: usize, offset: usize) {
+        let (gw, s) = (self.grid_w, self.stride);
+        self.for_each_segment(|row, gy, src, lo, hi, first| {
+            let start = row * ld + offset + gy * gw;
+            let out = &mut col[start..start + gw];
+            let Some(src) = src.filter(|_| lo < hi) else {
+                out.fill(0.0);
+                return;
+            };
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            let out = &mut out[lo..hi];
+            let src = &image[src + first..];
+            if s == 1 {
+                out.copy_from_slice(&src[..out.len()]);
+            } else {
+                for (o, v) in out.iter_mut().zip(src.iter().step_by(s)) {
+                    *o = *v;
+                }
+            }
+        });
+    }
+
+    /// `image` ← `image` + the patches in columns `offset..offset + cols()` of `col` (rows
+    /// of `ld`) put back in place (the adjoint of [`im2col`](Self::im2col)).
+    fn col2im_add(&self, col: &[f32], ld: usize, offset: usize, image: &mut [f32]) {
+        let (gw, s) = (self.grid_w, self.stride);
+        self.for_each_segment(|row, gy, src, lo, hi, first| {
+            let Some(dst) = src.filter(|_| lo < hi) else {
+                return;
+            };
+            let start = row * ld + offset + gy * gw;
+            let from = &col[start + lo..start + hi];
+            let dst = &mut image[dst + first..];
+            if s == 1 {
+                for (d, v) in dst.iter_mut().zip(from) {
+                    *d += *v;
+                }
+            } else {
+                for (d, v) in dst.iter_mut().step_by(s).zip(from) {
+                    *d += *v;
+                }
+            }
+        });
+    }
+}
+
+/// The sizes of one call: `x (n, in_c, x_h, x_w)`, `y (n, out_c, y_h, y_w)`.
+#[derive(Debug, Clone, Copy)]
+struct Problem {
+    kind: Kind,
+    n: usize,
+    in_c: usize,
+    out_c: usize,
+    x_hw: (usize, usize),
+    y_hw: (usize, usize),
+    geometry: Geometry,
+}
+
+impl Problem {
+    fn new(
+        op: &ConvOp,
+        x: (usize, usize, usize, usize),
+        w: (usize, usize, usize, usize),
+    ) -> candle_core::Result<Self> {
+        let (n, in_c, x_h, x_w) = x;
+        let (s, p) = (op.stride, op.padding);
+        let (w_in, out_c, k_h, k_w) = match op.kind {
+            Kind::Conv => (w.1, w.0, w.2, w.3),
+            Kind::Transposed => w,
+        };
+        if w_in != in_c || s == 0 {
+            bail!("candle-vae-conv: input {x:?} does not fit weight {w:?} (stride {s})")
+        }
+        let y_hw = match op.kind {
+            Kind::Conv => {
+                let side = |x: usize, k: usize| (x + 2 * p).checked_sub(k).map(|d| d / s + 1);
+                side(x_h, k_h).zip(side(x_w, k_w))
+            }
+            Kind::Transposed => {
+                let side = |x: usize, k: usize| {
+                    ((x.max(1) - 1) * s + k + op.output_padding).checked_sub(2 * p)
+                };
+                side(x_h, k_h).zip(side(x_w, k_w))
+            }
+        };
+        let Some((y_h, y_w)) = y_hw.filter(|&(h, w)| h > 0 && w > 0) else {
+            bail!("candle-vae-conv: input {x:?} too small for weight {w:?}")
+        };
+        // The image side of im2col: the input of a convolution, the output of a transposed
+        // one; the grid is the other side.
+        let (channels, (height, width), (grid_h, grid_w)) = match op.kind {
+            Kind::Conv => (in_c, (x_h, x_w), (y_h, y_w)),
+            Kind::Transposed => (out_c, (y_h, y_w), (x_h, x_w)),
+        };
+        Ok(Self {
+            kind: op.kind,
+            n,
+            in_c,
+            out_c,
+            x_hw: (x_h, x_w),
+            y_hw: (y_h, y_w),
+            geometry: Geometry {
+                channels,
+                height,
+                width,
+                k_h,
+                k_w,
+                stride: s,
+                padding: p,
+                grid_h,
+                grid_w,
+            },
+        })
+    }
+
+    fn x_len(&self) -> usize {
+        self.in_c * self.x_hw.0 * self.x_hw.1
+    }
+
+    fn y_len(&self) -> usize {
+        self.out_c * self.y_hw.0 * self.y_hw.1
+    }
+
+    /// The weight as a matrix: `(O, C·K₁·K₂)` for a convolution, `(C, O·K₁·K₂)` for a
+    /// transposed one.
+    fn weight<'a>(&self, w: &'a [f32]) -> candle_core::Result<MatRef<'a>> {
+        let rows = match self.kind {
+            Kind::Conv => self.out_c,
+            Kind::Transposed => self.in_c,
+        };
+        MatRef::row_major(w, rows, self.geometry.rows())
+    }
+
+    /// Images per block of the batch.
+    fn images_per_block(&self) -> usize {
+        let flops = self.n * self.out_c * self.geometry.rows() * self.geometry.cols();
+        let threads = rayon::current_num_threads();
+        let blocks = if threads <= 1 || flops < SPLIT_ABOVE {
+            1
+        } else {
+            (threads * BLOCKS_PER_THREAD).min(self.n)
+        };
+        self.n.div_ceil(blocks.max(1)).max(1)
+    }
+
+    /// Images per matrix product: enough for a product `MIN_COLS` columns wide (one image
+    /// of a small map gives a thin product that runs far below the FMA peak, and a weight
+    /// gradient that is read and written once per image).
+    fn images_per_product(&self, per_block: usize) -> usize {
+        MIN_COLS
+            .div_ceil(self.geometry.cols().max(1))
+            .clamp(1, per_block.max(1))
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32], b: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let (x_len, y_len) = (self.x_len(), self.y_len());
+        if x.len() != self.n * x_len || b.len() != self.out_c {
+            bail!("candle-vae-conv: {} inputs, {} biases", x.len(), b.len())
+        }
+        let w = self.weight(w)?;
+        let g = self.geometry;
+        let (rows, cols) = (g.rows(), g.cols());
+        let pixels = self.y_hw.0 * self.y_hw.1;
+        let mut y = vec![0f32; self.n * y_len];
+        let per_block = self.images_per_block();
+        let group = self.images_per_product(per_block);
+        let tasks: Vec<_> = y.chunks_mut(per_block * y_len).enumerate().collect();
+        run_all(tasks, |(block, y_block)| {
+            let mut col_buf = vec![0f32; rows * group * cols];
+            let mut mat_buf = vec![0f32; self.out_c.max(self.in_c) * group * cols];
+            for (i, y_group) in y_block.chunks_mut(group * y_len).enumerate() {
+                let images = y_group.len() / y_len;
+                let first = block * per_block + i * group;
+                let x_group = &x[first * x_len..(first + images) * x_len];
+                let ld = images * cols;
+                let col = &mut col_buf[..rows * ld];
+                match self.kind {
+                    Kind::Conv => {
+                        // Y = W·col, then bias + Y into each image's (O, pixels).
+                        for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
+                            g.im2col(x_img, col, ld, j * cols);
+                        }
+                        let y_mat = &mut mat_buf[..self.out_c * ld];
+                        let mut dst = MatMut::row_major(y_mat, self.out_c, ld)?;
+                        matmul(&mut dst, w, MatRef::row_major(col, rows, ld)?, false)?;
+                        for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
+                            let planes = y_img.chunks_exact_mut(pixels).zip(b).enumerate();
+                            for (o, (plane, &bias)) in planes {
+                                let at = o * ld + j * cols;
+                                let src = &y_mat[at..at + pixels];
+                                for (d, v) in plane.iter_mut().zip(src) {
+                                    *d = v + bias;
+                                }
+                            }
+                        }
+                    }
+                    Kind::Transposed => {
+                        // col = Wᵀ·X, then bias + col2im(col) into each image.
+                        let x_mat = &mut mat_buf[..self.in_c * ld];
+                        gather(x_group, self.in_c, cols, x_mat);
+                        let mut dst = MatMut::row_major(col, rows, ld)?;
+                        let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                        matmul(&mut dst, w.t(), x_ref, false)?;
+                        for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
+                            for (plane, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
+                                plane.fill(bias);
+                            }
+                            g.col2im_add(col, ld, j * cols, y_img);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(y)
+    }
+
+    /// (∂x if `need_x`, ∂w, ∂b).
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        need_x: bool,
+    ) -> candle_core::Result<Gradients> {
+        let (x_len, y_len) = (self.x_len(), self.y_len());
+        if x.len() != self.n * x_len || dy.len() != self.n * y_len {
+            bail!(
+                "candle-vae-conv: {} inputs, {} gradients",
+                x.len(),
+                dy.len()
+            )
+        }
+        let w_mat = self.weight(w)?;
+        let g = self.geometry;
+        let (rows, cols) = (g.rows(), g.cols());
+        let w_len = w.len();
+        let pixels = self.y_hw.0 * self.y_hw.1;
+        let per_block = self.images_per_block();
+        let group = self.images_per_product(per_block);
+        let mut dx = if need_x {
+            vec![0f32; self.n * x_len]
+        } else {
+            Vec::new()
+        };
+        let blocks = self.n.div_ceil(per_block);
+        let mut dx_blocks: Vec<Option<&mut [f32]>> = if need_x {
+            dx.chunks_mut(per_block * x_len).map(Some).collect()
+        } else {
+            Vec::new()
+        };
+        dx_blocks.resize_with(blocks, || None);
+        let tasks: Vec<_> = dx_blocks.into_iter().enumerate().collect();
+        let partials = map_all(tasks, |(block, mut dx_block)| {
+            let mut dw = vec![0f32; w_len];
+            let mut db = vec![0f32; self.out_c];
+            let mut col_buf = vec![0f32; rows * group * cols];
+            let mut mat_buf = vec![0f32; self.out_c.max(self.in_c) * group * cols];
+            let start = block * per_block;
+            let end = (start + per_block).min(self.n);
+            let mut first = start;
+            while first < end {
+                let images = group.min(end - first);
+                let ld = images * cols;
+                let x_group = &x[first * x_len..(first + images) * x_len];
+                let dy_group = &dy[first * y_len..(first + images) * y_len];
+                for dy_img in dy_group.chunks_exact(y_len) {
+                    for (sum, plane) in db.iter_mut().zip(dy_img.chunks_exact(pixels)) {
+                        *sum += plane.iter().sum::<f32>();
+                    }
+                }
+                let dx_group = match dx_block.as_deref_mut() {
+                    Some(d) => {
+                        let at = (first - start) * x_len;
+                        Some(&mut d[at..at + images * x_len])
+                    }
+                    None => None,
+                };
+                let col = &mut col_buf[..rows * ld];
+                match self.kind {
+                    Kind::Conv => {
+                        // ∂W += ∂Y·colᵀ; ∂X = col2im(Wᵀ·∂Y).
+                        for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
+                            g.im2col(x_img, col, ld, j * cols);
+                        }
+                        let dy_mat = &mut mat_buf[..self.out_c * ld];
+                        gather(dy_group, self.out_c, cols, dy_mat);
+                        let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
+                        let col_ref = MatRef::row_major(col, rows, ld)?;
+                        let mut dw_mat = MatMut::row_major(&mut dw, self.out_c, rows)?;
+                        matmul(&mut dw_mat, dy_ref, col_ref.t(), true)?;
+                        if let Some(dx_group) = dx_group {
+                            let mut col_mat = MatMut::row_major(col, rows, ld)?;
+                            matmul(&mut col_mat, w_mat.t(), dy_ref, false)?;
+                            for (j, dx_img) in dx_group.chunks_exact_mut(x_len).enumerate() {
+                                g.col2im_add(col, ld, j * cols, dx_img);
+                            }
+                        }
+                    }
+                    Kind::Transposed => {
+                        // col = im2col(∂Y); ∂W += X·colᵀ; ∂X = W·col.
+                        for (j, dy_img) in dy_group.chunks_exact(y_len).enumerate() {
+                            g.im2col(dy_img, col, ld, j * cols);
+                        }
+                        let x_mat = &mut mat_buf[..self.in_c * ld];
+                        gather(x_group, self.in_c, cols, x_mat);
+                        let col_ref = MatRef::row_major(col, rows, ld)?;
+                        let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                        let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
+                        matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
+                        if let Some(dx_group) = dx_group {
+                            let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
+                            matmul(&mut dx_mat, w_mat, col_ref, false)?;
+                            scatter(x_mat, self.in_c, cols, dx_group);
+                        }
+                    }
+                }
+                first += images;
+            }
+            Ok((dw, db))
+        })?;
+        let mut partials = partials.into_iter();
+        let (mut dw, mut db) = partials
+            .next()
+            .unwrap_or_else(|| (vec![0f32; w_len], vec![0f32; self.out_c]));
+        for (pw, pb) in partials {
+            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+        }
+        Ok((need_x.then_some(dx), dw, db))
+    }
+}
+
+/// Copies the images `(channels, pixels)` held one after another in `images` into the
+/// `(channels, B·pixels)` matrix `mat` (image b in columns b·pixels..).
+fn gather(images: &[f32], channels: usize, pixels: usize, mat: &mut [f32]) {
+    let ld = images.len() / channels.max(1);
+    for (b, image) in images.chunks_exact(channels * pixels).enumerate() {
+        for (c, plane) in image.chunks_exact(pixels).enumerate() {
+            let at = c * ld + b * pixels;
+            mat[at..at + pixels].copy_from_slice(plane);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: the `(channels, B·pixels)` matrix `mat` into the images.
+fn scatter(mat: &[f32], channels: usize, pixels: usize, images: &mut [f32]) {
+    let ld = images.len() / channels.max(1);
+    for (b, image) in images.chunks_exact_mut(channels * pixels).enumerate() {
+        for (c, plane) in image.chunks_exact_mut(pixels).enumerate() {
+            let at = c * ld + b * pixels;
+            plane.copy_from_slice(&mat[at..at + pixels]);
+        }
+    }
+}
+
+/// ∂x (if asked for), ∂w, ∂b.
+type Gradients = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+
+/// Runs `tasks` on rayon's threads (or in order, if there is one), stopping at the first
+/// error.
+fn run_all<T: Send>(
+    tasks: Vec<T>,
+    f: impl Fn(T) -> candle_core::Result<()> + Sync + Send,
+) -> candle_core::Result<()> {
+    if tasks.len() <= 1 {
+        tasks.into_iter().try_for_each(f)
+    } else {
+        tasks.into_par_iter().try_for_each(f)
+    }
+}
+
+/// Maps `tasks` on rayon's threads (or in order, if there is one), in order, stopping at
+/// the first error.
+fn map_all<T: Send, R: Send>(
+    tasks: Vec<T>,
+    f: impl Fn(T) -> candle_core::Result<R> + Sync + Send,
+) -> candle_core::Result<Vec<R>> {
+    if tasks.len() <= 1 {
+        tasks.into_iter().map(f).collect()
+    } else {
+        tasks.into_par_iter().map(f).collect()
+    }
+}
+
+/// A convolution or transposed convolution with a bias, as one op with its own backward.
+struct ConvOp {
+    kind: Kind,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Conv => "candle-vae-conv2d",
+            Kind::Transposed => "candle-vae-conv-transpose2d",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_l: &Layout,
+        w: &CpuStorage,
+        w_l: &Layout,
+        b: &CpuStorage,
+        b_l: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = Problem::new(self, x_l.shape().dims4()?, w_l.shape().dims4()?)?;
+        let y = p.forward(slice(x, x_l)?, slice(w, w_l)?, slice(b, b_l)?)?;
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((p.n, p.out_c, p.y_hw.0, p.y_hw.1)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let p = Problem::new(self, x.dims4()?, w.dims4()?)?;
+        let grad = grad.contiguous()?;
+        let need_x = x.track_op();
+        let (dx, dw, db) = with_slice(x, |xs| {
+            with_slice(w, |ws| with_slice(&grad, |g| p.backward(xs, ws, g, need_x)))
+        })?;
+        let dx = match dx {
+            Some(dx) => Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?),
+            None => None,
+        };
+        Ok((
+            dx,
+            Some(Tensor::from_vec(dw, w.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(db, b.shape(), &Device::Cpu)?),
+        ))
+    }
+}
