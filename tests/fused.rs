@@ -2,6 +2,8 @@
 //! relative error ≤ 1e-5 (max |fused − plain| over max |plain|, per tensor), and inputs
 //! the kernels do not handle take the plain path.
 
+mod common;
+
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_vae::fused::{FusedKernels, with_fused_kernels};
 use candle_vae::{
@@ -14,20 +16,8 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const TOL: f64 = 1e-5;
 
-/// max |a − b| / max |b|.
-fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F64)?.flatten_all()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?;
-    assert_eq!(a.dims(), b.dims());
-    let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f64>()?;
-    let scale = b.abs()?.max(0)?.to_scalar::<f64>()?;
-    Ok(diff / scale.max(1e-30))
-}
-
 fn assert_close(name: &str, fused: &Tensor, plain: &Tensor) -> Result {
-    let err = rel_err(fused, plain)?;
-    assert!(err <= TOL, "{name}: relative error {err:e} > {TOL:e}");
-    Ok(())
+    Ok(common::assert_rel_close(name, fused, plain, TOL)?)
 }
 
 fn var(noise: &mut NoiseSource, shape: &[usize], scale: f64) -> Result<Var> {
@@ -336,7 +326,7 @@ fn adam_state_saved_before_a_fused_step_keeps_its_values() -> Result {
     let before = checkpoint.tensor(key).ok_or("no moment")?.copy()?;
     opt.backward_step(&enc.encode(&xs)?.mean().sum_all()?)?;
     let after = checkpoint.tensor(key).ok_or("no moment")?;
-    assert_eq!(rel_err(after, &before)?, 0.0);
+    assert_eq!(common::max_rel_err(after, &before)?, 0.0);
     Ok(())
 }
 
@@ -360,7 +350,7 @@ fn unsupported_dtypes_take_the_plain_path() -> Result {
     })?
     .per_example;
     assert_eq!(fused.dtype(), DType::F64);
-    assert_eq!(rel_err(&fused, &plain)?, 0.0);
+    assert_eq!(common::max_rel_err(&fused, &plain)?, 0.0);
     let sum = fused.sum(D::Minus1)?.to_scalar::<f64>()?;
     assert!(sum.is_finite() && sum > 0.0);
     Ok(())

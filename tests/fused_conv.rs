@@ -4,6 +4,8 @@
 //! strides, paddings, output paddings and odd sizes; a whole VAE step agrees with the
 //! kernels on and off; layers the kernels do not handle take candle's path.
 
+mod common;
+
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use candle_vae::fused::{self, FusedKernels, with_fused_kernels};
@@ -16,20 +18,8 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const TOL: f64 = 1e-5;
 
-/// max |a − b| / max |b|.
-fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F64)?.flatten_all()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?;
-    assert_eq!(a.dims(), b.dims());
-    let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f64>()?;
-    let scale = b.abs()?.max(0)?.to_scalar::<f64>()?;
-    Ok(diff / scale.max(1e-30))
-}
-
 fn assert_close(name: &str, fused: &Tensor, plain: &Tensor) -> Result {
-    let err = rel_err(fused, plain)?;
-    assert!(err <= TOL, "{name}: relative error {err:e} > {TOL:e}");
-    Ok(())
+    Ok(common::assert_rel_close(name, fused, plain, TOL)?)
 }
 
 fn var(noise: &mut NoiseSource, shape: &[usize]) -> Result<Var> {
@@ -219,7 +209,7 @@ fn unsupported_convolutions_take_candles_path() -> Result {
         let got = fused::conv2d(&x, layer)?;
         let want = layer.forward(&x)?;
         assert_eq!(got.dims(), want.dims());
-        assert_eq!(rel_err(&got, &want)?, 0.0);
+        assert_eq!(common::max_rel_err(&got, &want)?, 0.0);
     }
     let x64 = x.to_dtype(DType::F64)?;
     let layer64 = Conv2d::new(
@@ -229,7 +219,7 @@ fn unsupported_convolutions_take_candles_path() -> Result {
     );
     let got = fused::conv2d(&x64, &layer64)?;
     assert_eq!(got.dtype(), DType::F64);
-    assert_eq!(rel_err(&got, &layer64.forward(&x64)?)?, 0.0);
+    assert_eq!(common::max_rel_err(&got, &layer64.forward(&x64)?)?, 0.0);
 
     let wt = noise.standard_normal(&[4, 3, 3, 3], DType::F32, &Device::Cpu)?;
     let dilated_t = ConvTranspose2dConfig {
@@ -240,7 +230,7 @@ fn unsupported_convolutions_take_candles_path() -> Result {
     };
     let layer = ConvTranspose2d::new(wt, Some(b.narrow(0, 0, 3)?), dilated_t);
     assert_eq!(
-        rel_err(&fused::conv_transpose2d(&x, &layer)?, &layer.forward(&x)?)?,
+        common::max_rel_err(&fused::conv_transpose2d(&x, &layer)?, &layer.forward(&x)?)?,
         0.0
     );
     Ok(())

@@ -66,6 +66,29 @@ pub fn assert_all_close(what: &str, actual: &[f64], expected: &[f64], tol: f64) 
     Ok(())
 }
 
+/// max |actual − reference| / max |reference| over all elements: the error relative to the
+/// reference's largest magnitude (so that near-zero elements do not dominate).
+pub fn max_rel_err(actual: &Tensor, reference: &Tensor) -> Result<f64> {
+    ensure!(
+        actual.dims() == reference.dims(),
+        "shapes differ: {:?} against {:?}",
+        actual.dims(),
+        reference.dims()
+    );
+    let a = actual.to_dtype(DType::F64)?.flatten_all()?;
+    let b = reference.to_dtype(DType::F64)?.flatten_all()?;
+    let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f64>()?;
+    let scale = b.abs()?.max(0)?.to_scalar::<f64>()?;
+    Ok(diff / scale.max(1e-30))
+}
+
+/// Fails unless [`max_rel_err`]`(actual, reference) ≤ tol`, saying what was compared.
+pub fn assert_rel_close(what: &str, actual: &Tensor, reference: &Tensor, tol: f64) -> Result<()> {
+    let err = max_rel_err(actual, reference)?;
+    ensure!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+    Ok(())
+}
+
 /// Fails unless the two tensors hold bit-identical values of the same shape and dtype.
 pub fn assert_bit_identical(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     ensure!(
