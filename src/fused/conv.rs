@@ -31,15 +31,11 @@
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, bail};
 use candle_nn::{Conv2d, ConvTranspose2d};
-use rayon::prelude::*;
 
 use super::gemm::{MatMut, MatRef, matmul};
+use super::parallel::{blocks_for, map_all, run_all};
 use super::storage::{is_cpu_f32, slice, with_slice};
 
-/// Below this many multiply-adds the batch runs in one piece on the calling thread.
-const SPLIT_ABOVE: usize = 1 << 20;
-/// Blocks per thread, so that work stealing can even out a slow thread.
-const BLOCKS_PER_THREAD: usize = 2;
 /// Columns (images × pixels) per matrix product, at least.
 const MIN_COLS: usize = 256;
 
@@ -54,34 +50,24 @@ const MIN_COLS: usize = 256;
 pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
     let config = layer.config();
     let w = layer.weight();
-    let fused = match layer.bias() {
+    let op = ConvOp {
+        kind: Kind::Conv,
+        stride: config.stride,
+        padding: config.padding,
+        output_padding: 0,
+    };
+    match layer.bias() {
         Some(b)
-            if super::fused_kernels().conv
-                && config.dilation == 1
+            if config.dilation == 1
                 && config.groups == 1
-                && config.stride > 0
-                && fits(x, w, b, 1, 0)?
+                && op.fits(x, w, b)?
                 && x.dim(2)? + 2 * config.padding >= w.dim(2)?
                 && x.dim(3)? + 2 * config.padding >= w.dim(3)? =>
         {
-            Some(b)
+            op.apply(x, w, b)
         }
-        _ => None,
-    };
-    let Some(b) = fused else {
-        return layer.forward(x);
-    };
-    super::prime_allocator();
-    x.contiguous()?.apply_op3(
-        w,
-        b,
-        ConvOp {
-            kind: Kind::Conv,
-            stride: config.stride,
-            padding: config.padding,
-            output_padding: 0,
-        },
-    )
+        _ => layer.forward(x),
+    }
 }
 
 /// `layer(x)`: the fused kernel where it applies (enabled, CPU, `f32`, rank 4, a bias,
@@ -96,56 +82,24 @@ pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
 pub fn conv_transpose2d(x: &Tensor, layer: &ConvTranspose2d) -> candle_core::Result<Tensor> {
     let config = layer.config();
     let w = layer.weight();
+    let op = ConvOp {
+        kind: Kind::Transposed,
+        stride: config.stride,
+        padding: config.padding,
+        output_padding: config.output_padding,
+    };
     let grows = |side: usize, k: usize| (side - 1) * config.stride + k + config.output_padding;
-    let fused = match layer.bias() {
+    match layer.bias() {
         Some(b)
-            if super::fused_kernels().conv
-                && config.dilation == 1
-                && config.stride > 0
-                && fits(x, w, b, 0, 1)?
+            if config.dilation == 1
+                && op.fits(x, w, b)?
                 && grows(x.dim(2)?, w.dim(2)?) > 2 * config.padding
                 && grows(x.dim(3)?, w.dim(3)?) > 2 * config.padding =>
         {
-            Some(b)
+            op.apply(x, w, b)
         }
-        _ => None,
-    };
-    let Some(b) = fused else {
-        return layer.forward(x);
-    };
-    super::prime_allocator();
-    x.contiguous()?.apply_op3(
-        w,
-        b,
-        ConvOp {
-            kind: Kind::Transposed,
-            stride: config.stride,
-            padding: config.padding,
-            output_padding: config.output_padding,
-        },
-    )
-}
-
-/// Whether `x`, `w`, `b` are non-empty CPU `f32` tensors of ranks 4, 4, 1 with `x`'s
-/// channels on `w`'s axis `in_axis` and `b`'s length on `w`'s axis `out_axis`, `w` and `b`
-/// contiguous.
-fn fits(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    in_axis: usize,
-    out_axis: usize,
-) -> candle_core::Result<bool> {
-    Ok(x.rank() == 4
-        && w.rank() == 4
-        && b.rank() == 1
-        && x.elem_count() > 0
-        && w.elem_count() > 0
-        && x.dim(1)? == w.dim(in_axis)?
-        && b.dim(0)? == w.dim(out_axis)?
-        && w.is_contiguous()
-        && b.is_contiguous()
-        && [x, w, b].iter().all(|t| is_cpu_f32(t)))
+        _ => layer.forward(x),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,13 +315,7 @@ impl Problem {
     /// Images per block of the batch.
     fn images_per_block(&self) -> usize {
         let flops = self.n * self.out_c * self.geometry.rows() * self.geometry.cols();
-        let threads = rayon::current_num_threads();
-        let blocks = if threads <= 1 || flops < SPLIT_ABOVE {
-            1
-        } else {
-            (threads * BLOCKS_PER_THREAD).min(self.n)
-        };
-        self.n.div_ceil(blocks.max(1)).max(1)
+        self.n.div_ceil(blocks_for(flops, self.n)).max(1)
     }
 
     /// Images per matrix product: enough for a product `MIN_COLS` columns wide (one image
@@ -584,38 +532,42 @@ fn scatter(mat: &[f32], channels: usize, pixels: usize, images: &mut [f32]) {
 /// ∂x (if asked for), ∂w, ∂b.
 type Gradients = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
 
-/// Runs `tasks` on rayon's threads (or in order, if there is one), stopping at the first
-/// error.
-fn run_all<T: Send>(
-    tasks: Vec<T>,
-    f: impl Fn(T) -> candle_core::Result<()> + Sync + Send,
-) -> candle_core::Result<()> {
-    if tasks.len() <= 1 {
-        tasks.into_iter().try_for_each(f)
-    } else {
-        tasks.into_par_iter().try_for_each(f)
-    }
-}
-
-/// Maps `tasks` on rayon's threads (or in order, if there is one), in order, stopping at
-/// the first error.
-fn map_all<T: Send, R: Send>(
-    tasks: Vec<T>,
-    f: impl Fn(T) -> candle_core::Result<R> + Sync + Send,
-) -> candle_core::Result<Vec<R>> {
-    if tasks.len() <= 1 {
-        tasks.into_iter().map(f).collect()
-    } else {
-        tasks.into_par_iter().map(f).collect()
-    }
-}
-
 /// A convolution or transposed convolution with a bias, as one op with its own backward.
 struct ConvOp {
     kind: Kind,
     stride: usize,
     padding: usize,
     output_padding: usize,
+}
+
+impl ConvOp {
+    /// Whether the kernel may run on `x`, `w`, `b`: enabled, a stride, non-empty CPU `f32`
+    /// tensors of ranks 4, 4, 1 whose channels and bias length match the weight's axes for
+    /// this kind, `w` and `b` contiguous.
+    fn fits(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
+        // Weight axes of the input and output channels.
+        let (in_axis, out_axis) = match self.kind {
+            Kind::Conv => (1, 0),
+            Kind::Transposed => (0, 1),
+        };
+        Ok(super::fused_kernels().conv
+            && self.stride > 0
+            && x.rank() == 4
+            && w.rank() == 4
+            && b.rank() == 1
+            && x.elem_count() > 0
+            && w.elem_count() > 0
+            && x.dim(1)? == w.dim(in_axis)?
+            && b.dim(0)? == w.dim(out_axis)?
+            && w.is_contiguous()
+            && b.is_contiguous()
+            && [x, w, b].iter().all(|t| is_cpu_f32(t)))
+    }
+
+    fn apply(self, x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        super::prime_allocator();
+        x.contiguous()?.apply_op3(w, b, self)
+    }
 }
 
 impl CustomOp3 for ConvOp {

@@ -22,17 +22,12 @@
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, bail};
 use candle_nn::Linear;
-use rayon::prelude::*;
 
 use super::gemm::{MatMut, MatRef, matmul};
 use super::math::vectorized;
+use super::parallel::{blocks_for, run_all};
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::layers::Activation;
-
-/// Below this many multiply-adds a product runs in one piece on the calling thread.
-const SPLIT_ABOVE: usize = 1 << 20;
-/// Blocks per thread, so that work stealing can even out a slow thread.
-const BLOCKS_PER_THREAD: usize = 2;
 
 /// `activation(layer(x))`: the fused kernel where it applies (enabled, CPU, `f32`, `x` of
 /// rank 2, a bias), candle's ops elsewhere. ReLU is fused; any other activation is applied
@@ -82,36 +77,12 @@ pub(crate) fn linear(
     }
 }
 
-/// How many blocks to cut a product of `flops` multiply-adds with `extent` rows or
-/// columns to split into: one on a single thread or for a small product.
-fn blocks_for(flops: usize, extent: usize) -> usize {
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || flops < SPLIT_ABOVE {
-        1
-    } else {
-        (threads * BLOCKS_PER_THREAD)
-            .min(extent.div_ceil(16))
-            .max(1)
-    }
-}
-
-/// Width of `blocks` blocks over `extent`, rounded up to a multiple of 16 (one AVX-512
-/// register of `f32`).
-fn block_width(extent: usize, blocks: usize) -> usize {
-    extent.div_ceil(blocks.max(1)).div_ceil(16) * 16
-}
-
-/// Runs `tasks` on rayon's threads (or in order, if there is one), stopping at the first
-/// error.
-fn run_all<T: Send>(
-    tasks: Vec<T>,
-    f: impl Fn(T) -> candle_core::Result<()> + Sync + Send,
-) -> candle_core::Result<()> {
-    if tasks.len() <= 1 {
-        tasks.into_iter().try_for_each(f)
-    } else {
-        tasks.into_par_iter().try_for_each(f)
-    }
+/// Width of the blocks to cut `extent` rows or columns of a product of `flops`
+/// multiply-adds into: a multiple of 16 (one AVX-512 register of `f32`), all of `extent`
+/// on a single thread or for a small product.
+fn block_width(flops: usize, extent: usize) -> usize {
+    let blocks = blocks_for(flops, extent.div_ceil(16));
+    extent.div_ceil(blocks).div_ceil(16) * 16
 }
 
 /// `act(x·Wᵀ + b)`.
@@ -148,9 +119,8 @@ impl CustomOp3 for LinearOp {
         for _ in 0..n {
             out.extend_from_slice(bias);
         }
-        let blocks = blocks_for(n * fan_in * fan_out, fan_out);
-        let tasks =
-            MatMut::row_major(&mut out, n, fan_out)?.col_blocks(block_width(fan_out, blocks))?;
+        let width = block_width(n * fan_in * fan_out, fan_out);
+        let tasks = MatMut::row_major(&mut out, n, fan_out)?.col_blocks(width)?;
         let relu = self.relu;
         run_all(tasks, |(start, mut block)| {
             let cols = w.t().cols(start..start + block.cols())?;
@@ -201,8 +171,8 @@ impl CustomOp3 for LinearOp {
                     let ws = MatRef::row_major(ws, fan_out, fan_in)?;
                     // ∂W = gᵀ·x, by blocks of W's rows; ∂x = g·W, by blocks of x's rows.
                     let flops = n * fan_in * fan_out;
-                    let rows_w = block_width(fan_out, blocks_for(flops, fan_out));
-                    let rows_x = block_width(n, blocks_for(flops, n));
+                    let rows_w = block_width(flops, fan_out);
+                    let rows_x = block_width(flops, n);
                     let mut tasks: Vec<Task<'_>> = grad_w
                         .chunks_mut(rows_w * fan_in)
                         .enumerate()

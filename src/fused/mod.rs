@@ -47,6 +47,7 @@ pub(crate) mod elbo;
 mod gemm;
 pub(crate) mod linear;
 mod math;
+mod parallel;
 mod storage;
 
 /// Which fused kernels may run on the current thread (all, by default).
