@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use super::math::vectorized;
+use super::parallel::single_threaded;
 use super::storage::{is_cpu_f32, shares_storage, slice, slice_mut};
 
 /// Elements per parallel task: 128 KiB of each buffer.
@@ -198,7 +199,7 @@ fn update(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: &Ada
             },
         )
     };
-    if theta.len() <= CHUNK {
+    if theta.len() <= CHUNK || single_threaded() {
         run(((theta, grad), (m, v)));
     } else {
         theta

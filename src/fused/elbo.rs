@@ -19,6 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Shape, Tenso
 use rayon::prelude::*;
 
 use super::math::{bce_with_logit, exp, sigmoid, vectorized};
+use super::parallel::single_threaded;
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::loss::Reduction;
 
@@ -314,7 +315,7 @@ fn row_log_likelihoods(logits: &[f32], x: &[f32], p: usize) -> Vec<f32> {
             },
         )
     };
-    if logits.len() < PARALLEL_ABOVE {
+    if logits.len() < PARALLEL_ABOVE || single_threaded() {
         out.chunks_mut(rows_per_task(p)).enumerate().for_each(task);
     } else {
         out.par_chunks_mut(rows_per_task(p))
@@ -345,7 +346,7 @@ fn row_gradients(logits: &[f32], x: &[f32], p: usize, coef: &[f32]) -> Vec<f32> 
             },
         )
     };
-    if logits.len() < PARALLEL_ABOVE {
+    if logits.len() < PARALLEL_ABOVE || single_threaded() {
         out.chunks_mut(rows * p).enumerate().for_each(task);
     } else {
         out.par_chunks_mut(rows * p).enumerate().for_each(task);

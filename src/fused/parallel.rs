@@ -18,6 +18,12 @@ pub(crate) fn blocks_for(flops: usize, max_blocks: usize) -> usize {
     }
 }
 
+/// Whether rayon has one thread: then a kernel runs on the calling thread, which is cheaper
+/// than handing it to the pool's one worker and sleeping until it is done.
+pub(crate) fn single_threaded() -> bool {
+    rayon::current_num_threads() <= 1
+}
+
 /// Runs `tasks` on rayon's threads (or in order, if there is one), stopping at the first
 /// error.
 pub(crate) fn run_all<T: Send>(
@@ -33,7 +39,7 @@ pub(crate) fn map_all<T: Send, R: Send>(
     tasks: Vec<T>,
     f: impl Fn(T) -> candle_core::Result<R> + Sync + Send,
 ) -> candle_core::Result<Vec<R>> {
-    if tasks.len() <= 1 {
+    if tasks.len() <= 1 || single_threaded() {
         tasks.into_iter().map(f).collect()
     } else {
         tasks.into_par_iter().map(f).collect()
