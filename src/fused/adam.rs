@@ -9,10 +9,9 @@
 use std::cell::RefCell;
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
-use rayon::prelude::*;
 
 use super::math::vectorized;
-use super::parallel::single_threaded;
+use super::parallel::for_each;
 use super::storage::{is_cpu_f32, shares_storage, slice, slice_mut};
 
 /// Elements per parallel task: 128 KiB of each buffer.
@@ -178,8 +177,7 @@ impl InplaceOp1 for OnSecondMoment<'_> {
         let mut theta = self.theta.borrow_mut();
         let mut m = self.m.borrow_mut();
         let v = slice_mut(v, v_l)?;
-        update(&mut theta, self.grad, &mut m, v, &self.scalars);
-        Ok(())
+        update(&mut theta, self.grad, &mut m, v, &self.scalars)
     }
 }
 
@@ -187,7 +185,13 @@ impl InplaceOp1 for OnSecondMoment<'_> {
 type Chunk<'a> = ((&'a mut [f32], &'a [f32]), (&'a mut [f32], &'a mut [f32]));
 
 /// θ, m, v ← Adam(θ, g, m, v), chunked over threads.
-fn update(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) {
+fn update(
+    theta: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: &AdamScalars,
+) -> candle_core::Result<()> {
     let run = |((theta, grad), (m, v)): Chunk<'_>| {
         vectorized(
             #[inline(always)]
@@ -199,14 +203,15 @@ fn update(theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], s: &Ada
             },
         )
     };
-    if theta.len() <= CHUNK || single_threaded() {
+    if theta.len() <= CHUNK {
         run(((theta, grad), (m, v)));
+        Ok(())
     } else {
-        theta
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(run);
+        let chunks = theta
+            .chunks_mut(CHUNK)
+            .zip(grad.chunks(CHUNK))
+            .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
+        for_each(chunks.collect(), run)
     }
 }
 

@@ -16,10 +16,9 @@
 //! once forwards and once backwards, by all threads.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 use super::math::{bce_with_logit, exp, sigmoid, vectorized};
-use super::parallel::single_threaded;
+use super::parallel::for_each;
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::loss::Reduction;
 
@@ -156,7 +155,7 @@ impl CustomOp3 for ElboOp {
         let logits = slice(logits, logits_l)?;
         let mean = slice(mean, mean_l)?;
         let log_var = slice(log_var, log_var_l)?;
-        let log_lik = with_slice(&self.x, |x| Ok(row_log_likelihoods(logits, x, self.p)))?;
+        let log_lik = with_slice(&self.x, |x| row_log_likelihoods(logits, x, self.p))?;
         let mut kl_per_dim = vec![0f64; d];
         let mut kl_per_example = vec![0f64; n];
         for ((mu_row, s_row), kl_n) in mean
@@ -213,7 +212,7 @@ impl CustomOp3 for ElboOp {
             .collect();
         let kl_base = self.scale * (self.kl_weight * g_loss + g_kl);
         let grad_logits = with_slice(logits, |l| {
-            with_slice(&self.x, |x| Ok(row_gradients(l, x, self.p, &ll_coef)))
+            with_slice(&self.x, |x| row_gradients(l, x, self.p, &ll_coef))
         })?;
         let (grad_mean, grad_log_var) = with_slice(mean, |mu| {
             with_slice(log_var, |s| {
@@ -257,7 +256,7 @@ impl CustomOp1 for BernoulliLogProb {
         logits_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let logits = slice(logits, logits_l)?;
-        let log_lik = with_slice(&self.x, |x| Ok(row_log_likelihoods(logits, x, self.p)))?;
+        let log_lik = with_slice(&self.x, |x| row_log_likelihoods(logits, x, self.p))?;
         Ok((
             CpuStorage::F32(log_lik),
             Shape::from(self.batch_shape.clone()),
@@ -278,7 +277,7 @@ impl CustomOp1 for BernoulliLogProb {
             )
         }
         let grad_logits = with_slice(logits, |l| {
-            with_slice(&self.x, |x| Ok(row_gradients(l, x, self.p, &coef)))
+            with_slice(&self.x, |x| row_gradients(l, x, self.p, &coef))
         })?;
         Ok(Some(Tensor::from_vec(
             grad_logits,
@@ -294,7 +293,7 @@ fn rows_per_task(p: usize) -> usize {
 }
 
 /// log p(x_r | l_r) = −Σ_p bce(l, x) for every row r of `logits` (data row r mod N).
-fn row_log_likelihoods(logits: &[f32], x: &[f32], p: usize) -> Vec<f32> {
+fn row_log_likelihoods(logits: &[f32], x: &[f32], p: usize) -> candle_core::Result<Vec<f32>> {
     let rows = logits.len() / p.max(1);
     let data_rows = (x.len() / p.max(1)).max(1);
     let mut out = vec![0f32; rows];
@@ -315,18 +314,22 @@ fn row_log_likelihoods(logits: &[f32], x: &[f32], p: usize) -> Vec<f32> {
             },
         )
     };
-    if logits.len() < PARALLEL_ABOVE || single_threaded() {
-        out.chunks_mut(rows_per_task(p)).enumerate().for_each(task);
+    let tasks = out.chunks_mut(rows_per_task(p)).enumerate();
+    if logits.len() < PARALLEL_ABOVE {
+        tasks.for_each(task);
     } else {
-        out.par_chunks_mut(rows_per_task(p))
-            .enumerate()
-            .for_each(task);
+        for_each(tasks.collect(), task)?;
     }
-    out
+    Ok(out)
 }
 
 /// c_r · (x − σ(l)) for every element of every row r (data row r mod N).
-fn row_gradients(logits: &[f32], x: &[f32], p: usize, coef: &[f32]) -> Vec<f32> {
+fn row_gradients(
+    logits: &[f32],
+    x: &[f32],
+    p: usize,
+    coef: &[f32],
+) -> candle_core::Result<Vec<f32>> {
     let data_rows = (x.len() / p.max(1)).max(1);
     let mut out = vec![0f32; logits.len()];
     let rows = rows_per_task(p);
@@ -346,12 +349,13 @@ fn row_gradients(logits: &[f32], x: &[f32], p: usize, coef: &[f32]) -> Vec<f32> 
             },
         )
     };
-    if logits.len() < PARALLEL_ABOVE || single_threaded() {
-        out.chunks_mut(rows * p).enumerate().for_each(task);
+    let tasks = out.chunks_mut(rows * p).enumerate();
+    if logits.len() < PARALLEL_ABOVE {
+        tasks.for_each(task);
     } else {
-        out.par_chunks_mut(rows * p).enumerate().for_each(task);
+        for_each(tasks.collect(), task)?;
     }
-    out
+    Ok(out)
 }
 
 /// Σ values with 16 independent accumulators (vectorises; pairwise-like accuracy).

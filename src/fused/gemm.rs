@@ -5,8 +5,8 @@
 //! product across threads itself (a fixed split, so one descheduled thread stalls the
 //! product on a busy machine), and cannot accumulate into a buffer that already holds the
 //! bias. The fused linear layer needs all three: it writes `x·Wᵀ` on top of the bias in
-//! the buffer it returns, and cuts each product into column blocks that rayon's
-//! work-stealing spreads over the cores.
+//! the buffer it returns, and cuts each product into column blocks that the threads take
+//! one at a time (`super::parallel`).
 //!
 //! # Soundness
 //! [`MatRef`] and [`MatMut`] are strided views with lifetimes, built only from slices and

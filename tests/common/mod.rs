@@ -320,3 +320,23 @@ pub fn assert_same_snapshot(
     }
     Ok(())
 }
+
+/// The parameters after one training step (ELBO summed over the batch, Adam 1e-3) of the
+/// MNIST-sized VAE, 784-400-20, on a batch of 128 uniform images: large enough that the
+/// fused kernels split their work over threads.
+pub fn mnist_sized_step() -> Result<Vec<Tensor>> {
+    use candle_vae::{Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, NoiseSource};
+    let params = candle_vae::ParamStore::new(8);
+    let vae = mlp_vae(&params, 784, &[400], 20, Likelihood::Bernoulli, DType::F32)?;
+    let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(candle_vae::Reduction::Sum))?;
+    let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3))?;
+    let mut noise = NoiseSource::new(5);
+    let xs = noise.uniform((128, 784), DType::F32, &CPU)?;
+    let out = vae.forward_t(&xs, &mut noise, true)?;
+    opt.backward_step(&loss.forward(&out, &xs)?.loss)?;
+    Ok(params
+        .named_vars()?
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?)
+}
