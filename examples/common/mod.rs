@@ -25,19 +25,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Sets `CANDLE_NUM_THREADS=1` unless the user set it: candle's own element-wise thread
-/// pool off. With the fused kernels candle runs little more than the gradient accumulation
-/// (zeros + add) on that pool, whose worker is pinned to a core and spins between calls,
-/// competing with the kernels' rayon threads: the MNIST epoch runs ~7 % faster without it,
-/// the conv VAE ~9 % (docs/PERFORMANCE.md §7). Call it first in `main`.
-pub fn leave_the_cores_to_the_fused_kernels() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: called first in `main`, before this process starts a thread, so nothing
-        // reads or writes the environment at the same time.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-    }
-}
-
 /// Noise stream (of the run's seed) for the per-epoch test pass: the same ε every epoch,
 /// so test curves compare epochs rather than draws.
 pub const TEST_STREAM: u64 = 3;

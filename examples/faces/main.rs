@@ -278,7 +278,6 @@ fn load(cli: &Cli) -> Result<Data> {
 }
 
 fn main() -> Result<()> {
-    common::leave_the_cores_to_the_fused_kernels();
     let cli = parse()?;
     let model = cli.model.clone();
     let device = cli.run.device()?;

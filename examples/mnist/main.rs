@@ -129,7 +129,6 @@ const EXAMPLE: &str = "mnist";
 const TEST_BATCH: usize = 100;
 
 fn main() -> Result<()> {
-    common::leave_the_cores_to_the_fused_kernels();
     let cli = Cli::parse();
     let model = cli.model.clone();
 
