@@ -13,8 +13,10 @@ use candle_core::utils::barrier_pool;
 
 /// Below this many multiply-adds a kernel runs in one piece on the calling thread.
 const SPLIT_ABOVE: usize = 1 << 20;
-/// Blocks per thread, so that a slow thread's blocks are taken over by the others.
-const BLOCKS_PER_THREAD: usize = 2;
+/// Blocks per thread. One: the largest, most efficient products (MNIST epoch +10 %,
+/// conv VAE +14 % over two, docs/PERFORMANCE.md §5). More would let the other threads take
+/// over a descheduled thread's blocks on a busy machine, at that price.
+const BLOCKS_PER_THREAD: usize = 1;
 
 /// The threads a kernel may use: the pool's workers and the calling thread.
 pub(crate) fn threads() -> usize {
