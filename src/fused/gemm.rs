@@ -1,12 +1,11 @@
 //! Matrix products on borrowed `f32` buffers, through the `gemm` crate that candle's own
 //! matmul calls: the one place in the crate with `unsafe` code.
 //!
-//! Why not candle's matmul: it always allocates and zero-fills a fresh output, splits every
-//! product across threads itself (a fixed split, so one descheduled thread stalls the
-//! product on a busy machine), and cannot accumulate into a buffer that already holds the
-//! bias. The fused linear layer needs all three: it writes `x·Wᵀ` on top of the bias in
-//! the buffer it returns, and cuts each product into column blocks that the threads take
-//! one at a time (`super::parallel`).
+//! Why not candle's matmul: it always allocates and zero-fills a fresh output, hands every
+//! product to rayon's threads itself (waking them each time), and cannot accumulate into a
+//! buffer that already holds the bias. The fused linear layer needs the opposite of all
+//! three: it writes `x·Wᵀ` on top of the bias in the buffer it returns, and cuts each
+//! product into column blocks that the threads take one at a time (`super::parallel`).
 //!
 //! # Soundness
 //! [`MatRef`] and [`MatMut`] are strided views with lifetimes, built only from slices and

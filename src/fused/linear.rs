@@ -14,8 +14,7 @@
 //!   written straight in W's `(out, in)` layout; ∂x = g·W only if x needs a gradient.
 //!
 //! The products run in blocks (of output columns forwards, of rows backwards) that the
-//! threads take one at a time (`super::parallel`), each block one single-threaded `gemm`,
-//! so a thread that the OS deschedules holds up no other.
+//! threads take one at a time (`super::parallel`), each block one single-threaded `gemm`.
 //!
 //! The ReLU gradient is taken as 0 where the output is 0, as PyTorch does (candle's
 //! `relu` passes the gradient at exactly 0; the two differ only on that measure-zero set).

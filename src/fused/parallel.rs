@@ -6,6 +6,9 @@
 //! a sleeping thread (tens of microseconds in a virtual machine). candle's element-wise ops
 //! use the same pool, so the two never compete for the cores. Its size is
 //! `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the number of cores.
+//!
+//! The pool runs one job at a time (calls from several threads take turns), and a task
+//! must not start parallel work of its own: the calling thread would wait on itself.
 
 use std::sync::Mutex;
 
