@@ -99,9 +99,9 @@ def main():
     data = tempfile.mkdtemp(prefix="mnist-idx-")
     unpack_mnist(args.data, data)
     env = dict(os.environ)
-    # The same thread count on both sides: torch.set_num_threads and rayon's pool (which
-    # candle's gemm and the fused kernels use).
-    env["RAYON_NUM_THREADS"] = str(args.threads)
+    # The same thread count on both sides: torch.set_num_threads, and candle's barrier pool
+    # (the fused kernels and candle's element-wise ops) and rayon's (candle's own matmul).
+    env["CANDLE_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = str(args.threads)
     for pair in args.candle_env.split():
         key, value = pair.split("=", 1)
         env[key] = value
