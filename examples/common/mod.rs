@@ -421,11 +421,17 @@ impl<M: BatchModel> Session<'_, M> {
     }
 
     /// The final evaluation on the whole test set: −ELBO, the IWAE bound −L_k and the
-    /// importance-sampled NLL with `samples` draws per example, printed and returned.
-    pub fn final_evaluation(&self, samples: usize, bound_k: usize) -> Result<LikelihoodEstimate> {
+    /// importance-sampled NLL with `samples` draws per example, `chunk` of them per pass,
+    /// printed and returned.
+    pub fn final_evaluation(
+        &self,
+        samples: usize,
+        bound_k: usize,
+        chunk: usize,
+    ) -> Result<LikelihoodEstimate> {
         let bar = progress_bar(self.test.examples(), format!("NLL k={samples}"));
         let mut noise = NoiseSource::new(self.seed).substream(EVAL_STREAM);
-        let config = ImportanceSamplingConfig::new(samples).with_chunk_size(100);
+        let config = ImportanceSamplingConfig::new(samples).with_chunk_size(chunk);
         let estimate = importance_sampled(
             self.vae,
             &self.test,

@@ -127,6 +127,8 @@ const TEST_BINARIZATION_SEED: u64 = 2015;
 const EXAMPLE: &str = "mnist";
 /// Test batches: examples per batch of the evaluation passes.
 const TEST_BATCH: usize = 100;
+/// Posterior samples per pass of the final evaluation (100 × a test batch of 100).
+const EVAL_CHUNK: usize = 100;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -287,7 +289,7 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims>(
     final_pictures(vae, &test_set, layout, cli.run.seed, &out, &device)?;
     println!("pictures: {}", out.display());
     if cli.run.eval_k > 0 {
-        session.final_evaluation(cli.run.eval_k, cli.objective.bound_k())?;
+        session.final_evaluation(cli.run.eval_k, cli.objective.bound_k(), EVAL_CHUNK)?;
     }
     Ok(())
 }
