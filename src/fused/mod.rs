@@ -28,6 +28,10 @@
 //! [`with_fused_kernels`] turns kernels off on the current thread, for those comparisons
 //! and for measuring what each kernel is worth (see `docs/PERFORMANCE.md`).
 //!
+//! The kernels split their work on candle's own thread pool, the one its element-wise ops
+//! use: `CANDLE_NUM_THREADS` threads (else `RAYON_NUM_THREADS`, else one per core), the
+//! calling thread among them; `CANDLE_NUM_THREADS=1` runs every kernel on the caller.
+//!
 //! ```
 //! use candle_vae::fused::{FusedKernels, fused_kernels, with_fused_kernels};
 //!
