@@ -326,6 +326,24 @@ fn fused_mnist_sized_step_matches_the_plain_step() -> Result {
 }
 
 #[test]
+fn fused_kernels_called_from_two_threads_at_once_give_the_same_step() -> Result {
+    // The kernels share one thread pool, which runs one job at a time: two trainings on
+    // two threads take turns and neither disturbs the other.
+    let alone = common::mnist_sized_step()?;
+    let together = std::thread::scope(|s| {
+        let other = s.spawn(common::mnist_sized_step);
+        let here = common::mnist_sized_step();
+        (here, other.join())
+    });
+    let (here, other) = (together.0?, together.1.map_err(|_| "thread panicked")??);
+    for (i, a) in alone.iter().enumerate() {
+        common::assert_bit_identical(&format!("parameter {i}, this thread"), &here[i], a)?;
+        common::assert_bit_identical(&format!("parameter {i}, other thread"), &other[i], a)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn adam_state_saved_before_a_fused_step_keeps_its_values() -> Result {
     // The fused step writes the moments in place; a checkpoint taken earlier must not see it.
     let (params, enc, _) = mlp(2, Activation::Relu)?;
