@@ -317,12 +317,7 @@ fn all_fused_kernels_together_match_the_plain_training_step() -> Result {
 fn fused_mnist_sized_step_matches_the_plain_step() -> Result {
     // Large enough that products, Adam and the ELBO are split over the thread pool (on a
     // machine with more than one core; tests/fused_one_thread.rs runs them inline).
-    let plain = with_fused_kernels(FusedKernels::NONE, common::mnist_sized_step)?;
-    let fused = with_fused_kernels(FusedKernels::ALL, common::mnist_sized_step)?;
-    for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
-        assert_close(&format!("parameter {i}"), a, b)?;
-    }
-    Ok(())
+    Ok(common::assert_fused_mnist_sized_step_matches_plain(TOL)?)
 }
 
 #[test]

@@ -203,16 +203,12 @@ fn update(
             },
         )
     };
-    if theta.len() <= CHUNK {
-        run(((theta, grad), (m, v)));
-        Ok(())
-    } else {
-        let chunks = theta
-            .chunks_mut(CHUNK)
-            .zip(grad.chunks(CHUNK))
-            .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
-        for_each(chunks.collect(), run)
-    }
+    // A parameter of at most one chunk is one task, which runs on the calling thread.
+    let chunks = theta
+        .chunks_mut(CHUNK)
+        .zip(grad.chunks(CHUNK))
+        .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
+    for_each(chunks.collect(), run)
 }
 
 /// The update of one chunk, in the plain path's order of operations:

@@ -21,11 +21,10 @@
 //! other's adjoint, which is why the same two layouts serve both.) The batch is cut into
 //! blocks that the threads take one at a time (`super::parallel`); each block reuses one
 //! patch buffer and, in the backward pass, sums its own partial ∂W and ∂b, added up at the
-//! end. Within a block,
-//! the images of a small map are side by side in one product (at least 256 columns:
-//! 16 images of a 4×4 map), so that the product is not one thin matrix per image and ∂W
-//! is not read and written once per image. The gradient of an input that needs none
-//! (data) is not computed.
+//! end. Within a block, the images of a small map are side by side in one product (at
+//! least 256 columns: 16 images of a 4×4 map), so that the product is not one thin matrix
+//! per image and ∂W is not read and written once per image. The gradient of an input that
+//! needs none (data) is not computed.
 //!
 //! Dilation other than 1, groups other than 1, a missing bias, other dtypes and devices
 //! take candle's path.

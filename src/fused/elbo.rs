@@ -287,9 +287,16 @@ impl CustomOp1 for BernoulliLogProb {
     }
 }
 
-/// Rows of `p` elements per parallel task.
-fn rows_per_task(p: usize) -> usize {
-    (ELEMENTS_PER_TASK / p.max(1)).max(1)
+/// Rows of `p` elements per task for `len` logits: all of them in one task below
+/// `PARALLEL_ABOVE` (which then runs on the calling thread), else about
+/// `ELEMENTS_PER_TASK` elements' worth.
+fn rows_per_task(len: usize, p: usize) -> usize {
+    let p = p.max(1);
+    if len < PARALLEL_ABOVE {
+        (len / p).max(1)
+    } else {
+        (ELEMENTS_PER_TASK / p).max(1)
+    }
 }
 
 /// log p(x_r | l_r) = −Σ_p bce(l, x) for every row r of `logits` (data row r mod N).
@@ -297,13 +304,14 @@ fn row_log_likelihoods(logits: &[f32], x: &[f32], p: usize) -> candle_core::Resu
     let rows = logits.len() / p.max(1);
     let data_rows = (x.len() / p.max(1)).max(1);
     let mut out = vec![0f32; rows];
+    let rows_per_task = rows_per_task(logits.len(), p);
     let task = |(t, out): (usize, &mut [f32])| {
         vectorized(
             #[inline(always)]
             || {
                 let mut terms = vec![0f32; p];
                 for (i, o) in out.iter_mut().enumerate() {
-                    let r = t * rows_per_task(p) + i;
+                    let r = t * rows_per_task + i;
                     let l = &logits[r * p..(r + 1) * p];
                     let xr = &x[(r % data_rows) * p..][..p];
                     for ((term, &l), &x) in terms.iter_mut().zip(l).zip(xr) {
@@ -314,12 +322,7 @@ fn row_log_likelihoods(logits: &[f32], x: &[f32], p: usize) -> candle_core::Resu
             },
         )
     };
-    let tasks = out.chunks_mut(rows_per_task(p)).enumerate();
-    if logits.len() < PARALLEL_ABOVE {
-        tasks.for_each(task);
-    } else {
-        for_each(tasks.collect(), task)?;
-    }
+    for_each(out.chunks_mut(rows_per_task).enumerate().collect(), task)?;
     Ok(out)
 }
 
@@ -332,7 +335,7 @@ fn row_gradients(
 ) -> candle_core::Result<Vec<f32>> {
     let data_rows = (x.len() / p.max(1)).max(1);
     let mut out = vec![0f32; logits.len()];
-    let rows = rows_per_task(p);
+    let rows = rows_per_task(logits.len(), p);
     let task = |(t, out): (usize, &mut [f32])| {
         vectorized(
             #[inline(always)]
@@ -349,12 +352,10 @@ fn row_gradients(
             },
         )
     };
-    let tasks = out.chunks_mut(rows * p).enumerate();
-    if logits.len() < PARALLEL_ABOVE {
-        tasks.for_each(task);
-    } else {
-        for_each(tasks.collect(), task)?;
-    }
+    for_each(
+        out.chunks_mut((rows * p).max(1)).enumerate().collect(),
+        task,
+    )?;
     Ok(out)
 }
 

@@ -22,13 +22,8 @@ const SPLIT_ABOVE: usize = 1 << 20;
 const BLOCKS_PER_THREAD: usize = 1;
 
 /// The threads a kernel may use: the pool's workers and the calling thread.
-pub(crate) fn threads() -> usize {
+fn threads() -> usize {
     barrier_pool().n_workers() + 1
-}
-
-/// Whether there is only the calling thread: then every kernel runs in one piece on it.
-pub(crate) fn single_threaded() -> bool {
-    threads() <= 1
 }
 
 /// How many blocks to cut a kernel of `flops` multiply-adds into, at most `max_blocks`:
@@ -65,7 +60,7 @@ pub(crate) fn map_all<T: Send, R: Send>(
     tasks: Vec<T>,
     f: impl Fn(T) -> candle_core::Result<R> + Sync,
 ) -> candle_core::Result<Vec<R>> {
-    if tasks.len() <= 1 || single_threaded() {
+    if tasks.len() <= 1 || threads() <= 1 {
         return tasks.into_iter().map(f).collect();
     }
     // Each slot holds a task until a thread takes it, then its result.

@@ -340,3 +340,15 @@ pub fn mnist_sized_step() -> Result<Vec<Tensor>> {
         .map(|(_, v)| v.as_tensor().copy())
         .collect::<candle_core::Result<_>>()?)
 }
+
+/// The MNIST-sized step with every fused kernel against the plain candle step: every
+/// parameter within relative error `tol`.
+pub fn assert_fused_mnist_sized_step_matches_plain(tol: f64) -> Result<()> {
+    use candle_vae::fused::{FusedKernels, with_fused_kernels};
+    let plain = with_fused_kernels(FusedKernels::NONE, mnist_sized_step)?;
+    let fused = with_fused_kernels(FusedKernels::ALL, mnist_sized_step)?;
+    for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
+        assert_rel_close(&format!("parameter {i}"), a, b, tol)?;
+    }
+    Ok(())
+}
