@@ -338,6 +338,121 @@ fn fused_kernels_called_from_two_threads_at_once_give_the_same_step() -> Result 
     Ok(())
 }
 
+/// How a test step hands its gradients to Adam.
+#[derive(Clone, Copy)]
+enum Update {
+    /// `Adam::backward_step`: the fused linear layers write ∂W, ∂b into Adam's buffers.
+    BackwardStep,
+    /// `Adam::step(&loss.backward())`: every gradient goes through candle's store.
+    StepAfterBackward,
+}
+
+/// Every parameter after `steps` steps of a 30-12-3 MLP VAE (batch 16) whose loss is
+/// `objective(vae, params, noise)`, its gradients handed to Adam by `update`.
+fn sink_run(
+    kernels: FusedKernels,
+    update: Update,
+    steps: usize,
+    objective: impl Fn(&Vae<MlpEncoder, MlpDecoder>, &ParamStore, &mut NoiseSource) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    with_fused_kernels(kernels, || {
+        let (params, enc, dec) = mlp(33, Activation::Relu)?;
+        let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+        let mut opt = Adam::from_store(&params, AdamConfig::new(1e-2))?;
+        let mut noise = NoiseSource::new(6);
+        for _ in 0..steps {
+            let loss = objective(&vae, &params, &mut noise)?;
+            match update {
+                Update::BackwardStep => opt.backward_step(&loss)?,
+                Update::StepAfterBackward => opt.step(&loss.backward()?)?,
+            }
+        }
+        Ok(params
+            .named_vars()?
+            .into_iter()
+            .map(|(_, v)| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?)
+    })
+}
+
+/// The summed ELBO loss of `batches` fresh uniform batches of 16, all through the same
+/// layers: with two or more, every weight gets its gradient from several products.
+fn elbo_of_batches(
+    vae: &Vae<MlpEncoder, MlpDecoder>,
+    noise: &mut NoiseSource,
+    batches: usize,
+) -> Result<Tensor> {
+    let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
+    let mut total = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+    for _ in 0..batches {
+        let xs = noise.uniform((16, 30), DType::F32, &Device::Cpu)?;
+        let out = vae.forward_t(&xs, noise, true)?;
+        total = (total + loss.forward(&out, &xs)?.loss)?;
+    }
+    Ok(total)
+}
+
+/// Fails unless the two runs end with the same parameters to relative error `tol` (0:
+/// bit for bit).
+fn assert_same_parameters(what: &str, a: &[Tensor], b: &[Tensor], tol: f64) -> Result {
+    assert_eq!(a.len(), b.len());
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        let name = format!("{what}: parameter {i}");
+        if tol == 0.0 {
+            common::assert_bit_identical(&name, a, b)?;
+        } else {
+            common::assert_rel_close(&name, a, b, tol)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn backward_step_writes_the_gradients_candle_would_have_given() -> Result {
+    // `backward_step` lets the fused layers write ∂W and ∂b into Adam's own buffers
+    // instead of candle's zero-filled ones: the same numbers, so the same update bit for
+    // bit, step after step (the buffers are reused, never cleared).
+    let one_batch = |vae: &_, _: &ParamStore, noise: &mut _| elbo_of_batches(vae, noise, 1);
+    let sunk = sink_run(FusedKernels::ALL, Update::BackwardStep, 4, one_batch)?;
+    let stored = sink_run(FusedKernels::ALL, Update::StepAfterBackward, 4, one_batch)?;
+    assert_same_parameters("one batch", &sunk, &stored, 0.0)?;
+    // With the Adam kernel off, the buffer's gradient takes candle's Adam ops.
+    let no_adam = FusedKernels::ALL.with_adam(false);
+    let sunk = sink_run(no_adam, Update::BackwardStep, 4, one_batch)?;
+    let stored = sink_run(no_adam, Update::StepAfterBackward, 4, one_batch)?;
+    assert_same_parameters("plain Adam", &sunk, &stored, 0.0)
+}
+
+#[test]
+fn backward_step_adds_the_gradients_of_a_layer_used_twice() -> Result {
+    // Three batches through the same layers: each weight's gradient is the sum of three
+    // products, the later ones added into the buffer (candle adds them one by one).
+    let three = |vae: &_, _: &ParamStore, noise: &mut _| elbo_of_batches(vae, noise, 3);
+    let sunk = sink_run(FusedKernels::ALL, Update::BackwardStep, 3, three)?;
+    let stored = sink_run(FusedKernels::ALL, Update::StepAfterBackward, 3, three)?;
+    let plain = sink_run(FusedKernels::NONE, Update::StepAfterBackward, 3, three)?;
+    assert_same_parameters("three batches, candle's sums", &sunk, &stored, 1e-6)?;
+    assert_same_parameters("three batches, plain path", &sunk, &plain, TOL)
+}
+
+#[test]
+fn backward_step_adds_gradients_from_other_ops_to_the_written_ones() -> Result {
+    // An L2 penalty on every parameter, through candle's own ops: each weight has a part
+    // of its gradient in Adam's buffer and a part in candle's store.
+    let penalised = |vae: &_, params: &ParamStore, noise: &mut _| -> Result<Tensor> {
+        let mut loss = elbo_of_batches(vae, noise, 1)?;
+        for (_, var) in params.named_vars()? {
+            loss = (loss + (var.as_tensor().sqr()?.sum_all()? * 0.5)?)?;
+        }
+        Ok(loss)
+    };
+    let sunk = sink_run(FusedKernels::ALL, Update::BackwardStep, 3, penalised)?;
+    let stored = sink_run(FusedKernels::ALL, Update::StepAfterBackward, 3, penalised)?;
+    let plain = sink_run(FusedKernels::NONE, Update::StepAfterBackward, 3, penalised)?;
+    assert_same_parameters("penalised, candle's sums", &sunk, &stored, 1e-6)?;
+    assert_same_parameters("penalised, plain path", &sunk, &plain, TOL)
+}
+
 #[test]
 fn adam_state_saved_before_a_fused_step_keeps_its_values() -> Result {
     // The fused step writes the moments in place; a checkpoint taken earlier must not see it.

@@ -1,18 +1,19 @@
 //! The Adam update in place: one threaded pass over θ, g, m and v.
 //!
 //! candle's in-place ops give mutable access to one tensor at a time, and Adam changes
-//! three (θ, m, v). The kernel nests three of them: the op on θ (which also reads g) runs
-//! the op on m, which runs the op on v, which finally holds all four buffers and updates
-//! them together. Each tensor is locked once, in a fixed order, and the four are checked
-//! to be distinct buffers first, so the nesting cannot deadlock or alias.
+//! three (θ, m, v). The kernel nests three of them: the op on θ runs the op on m, which
+//! runs the op on v, which finally holds the three buffers and the gradient (read from its
+//! tensor, or from the optimiser's own buffer, `super::sink`) and updates them together.
+//! Each tensor is locked once, in a fixed order, and the four are checked to be distinct
+//! buffers first, so the nesting cannot deadlock or alias.
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor, Var};
 
 use super::math::vectorized;
 use super::parallel::for_each;
-use super::storage::{is_cpu_f32, shares_storage, slice, slice_mut};
+use super::storage::{is_cpu_f32, shares_storage, slice_mut, with_slice};
 
 /// Elements per parallel task: 128 KiB of each buffer.
 const CHUNK: usize = 1 << 15;
@@ -76,60 +77,82 @@ pub(crate) fn try_step(
     scalars: &AdamScalars,
 ) -> candle_core::Result<bool> {
     let theta = var.as_tensor();
-    let applies = super::fused_kernels().adam
-        && [theta, m, v, grad].iter().all(|t| is_cpu_f32(t))
-        && theta.is_contiguous()
-        && m.is_contiguous()
-        && v.is_contiguous()
-        && [m, v, grad].iter().all(|t| t.shape() == theta.shape());
-    if !applies {
+    if !applies(theta, m, v) || !is_cpu_f32(grad) || grad.shape() != theta.shape() {
         return Ok(false);
     }
     let grad = grad.contiguous()?;
-    let pairs = [
-        (theta, m),
-        (theta, v),
-        (theta, &grad),
-        (m, v),
-        (m, &grad),
-        (v, &grad),
-    ];
-    if pairs.iter().any(|(a, b)| shares_storage(a, b)) {
+    if [theta, m, v].iter().any(|t| shares_storage(t, &grad)) {
         return Ok(false);
     }
-    theta.inplace_op2(
-        &grad,
-        &OnParam {
-            m,
-            v,
-            scalars: *scalars,
-        },
-    )?;
+    with_slice(&grad, |grad| step_in_place(theta, m, v, grad, scalars))?;
     Ok(true)
+}
+
+/// [`try_step`] with the gradient in a buffer of its own (a [`GradSink`]'s).
+///
+/// [`GradSink`]: super::sink::GradSink
+///
+/// # Errors
+/// Only candle's own.
+pub(crate) fn try_step_with_buffer(
+    var: &Var,
+    m: &Tensor,
+    v: &Tensor,
+    grad: &[f32],
+    scalars: &AdamScalars,
+) -> candle_core::Result<bool> {
+    let theta = var.as_tensor();
+    if !applies(theta, m, v) || grad.len() != theta.elem_count() {
+        return Ok(false);
+    }
+    step_in_place(theta, m, v, grad, scalars)?;
+    Ok(true)
+}
+
+/// Whether the kernel can update θ, m and v: enabled, CPU `f32`, contiguous, one shape,
+/// three distinct buffers.
+fn applies(theta: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    super::fused_kernels().adam
+        && [theta, m, v]
+            .iter()
+            .all(|t| is_cpu_f32(t) && t.is_contiguous() && t.shape() == theta.shape())
+        && !shares_storage(theta, m)
+        && !shares_storage(theta, v)
+        && !shares_storage(m, v)
+}
+
+fn step_in_place(
+    theta: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    grad: &[f32],
+    scalars: &AdamScalars,
+) -> candle_core::Result<()> {
+    theta.inplace_op1(&OnParam {
+        grad,
+        m,
+        v,
+        scalars: *scalars,
+    })
 }
 
 /// Holds θ (mutably) and g; runs [`OnFirstMoment`] on m.
 struct OnParam<'a> {
+    grad: &'a [f32],
     m: &'a Tensor,
     v: &'a Tensor,
     scalars: AdamScalars,
 }
 
-impl InplaceOp2 for OnParam<'_> {
+impl InplaceOp1 for OnParam<'_> {
     fn name(&self) -> &'static str {
         "candle-vae-adam"
     }
 
-    fn cpu_fwd(
-        &self,
-        theta: &mut CpuStorage,
-        theta_l: &Layout,
-        grad: &CpuStorage,
-        grad_l: &Layout,
-    ) -> candle_core::Result<()> {
+    fn cpu_fwd(&self, theta: &mut CpuStorage, theta_l: &Layout) -> candle_core::Result<()> {
         self.m.inplace_op1(&OnFirstMoment {
             theta: RefCell::new(slice_mut(theta, theta_l)?),
-            grad: slice(grad, grad_l)?,
+            grad: self.grad,
             v: self.v,
             scalars: self.scalars,
         })

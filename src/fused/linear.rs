@@ -25,6 +25,7 @@ use candle_nn::Linear;
 use super::gemm::{MatMut, MatRef, matmul};
 use super::math::vectorized;
 use super::parallel::{blocks_for, run_all};
+use super::sink;
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::layers::Activation;
 
@@ -136,7 +137,7 @@ impl CustomOp3 for LinearOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -155,7 +156,24 @@ impl CustomOp3 for LinearOp {
             }
         })?;
         let need_x = x.track_op();
-        let mut grad_w = vec![0f32; fan_out * fan_in];
+        // ∂W goes into the optimiser's buffer during a backward step (`super::sink`), into
+        // a fresh tensor for candle otherwise.
+        let mut sunk_w = if w.track_op() { sink::take(w) } else { None };
+        let mut fresh_w = if w.track_op() && sunk_w.is_none() {
+            vec![0f32; fan_out * fan_in]
+        } else {
+            Vec::new()
+        };
+        let (grad_w, accumulate_w) = match &mut sunk_w {
+            Some(taken) => (taken.values.as_mut_slice(), taken.accumulate),
+            None => (fresh_w.as_mut_slice(), false),
+        };
+        if !grad_w.is_empty() && grad_w.len() != fan_out * fan_in {
+            bail!(
+                "candle-vae-linear: a weight gradient buffer of {} for {fan_out}x{fan_in}",
+                grad_w.len()
+            )
+        }
         let mut grad_x = if need_x {
             vec![0f32; n * fan_in]
         } else {
@@ -187,7 +205,8 @@ impl CustomOp3 for LinearOp {
                         Task::Weight(first, dst) => {
                             let rows = dst.len() / fan_in;
                             let mut dst = MatMut::row_major(dst, rows, fan_in)?;
-                            matmul(&mut dst, g.t().rows(first..first + rows)?, xs, false)
+                            let g_rows = g.t().rows(first..first + rows)?;
+                            matmul(&mut dst, g_rows, xs, accumulate_w)
                         }
                         Task::Input(first, dst) => {
                             let rows = dst.len() / fan_in;
@@ -203,11 +222,39 @@ impl CustomOp3 for LinearOp {
         } else {
             None
         };
-        Ok((
-            grad_x,
-            Some(Tensor::from_vec(grad_w, (fan_out, fan_in), &Device::Cpu)?),
-            Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?),
-        ))
+        let grad_w = match sunk_w {
+            Some(taken) => {
+                sink::give_back(taken);
+                None
+            }
+            None if w.track_op() => {
+                Some(Tensor::from_vec(fresh_w, (fan_out, fan_in), &Device::Cpu)?)
+            }
+            None => None,
+        };
+        let sunk_b = if b.track_op() { sink::take(b) } else { None };
+        let grad_b = match sunk_b {
+            Some(mut taken) if taken.values.len() == grad_b.len() => {
+                if taken.accumulate {
+                    taken
+                        .values
+                        .iter_mut()
+                        .zip(&grad_b)
+                        .for_each(|(s, g)| *s += g);
+                } else {
+                    taken.values.copy_from_slice(&grad_b);
+                }
+                sink::give_back(taken);
+                None
+            }
+            Some(taken) => bail!(
+                "candle-vae-linear: a bias gradient buffer of {} for {fan_out}",
+                taken.values.len()
+            ),
+            None if b.track_op() => Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?),
+            None => None,
+        };
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 

@@ -15,6 +15,11 @@
 //!   products on transposed *views* (no transposed copies), skipping the gradient of an
 //!   input that needs none ([`MlpEncoder`](crate::MlpEncoder),
 //!   [`MlpDecoder`](crate::MlpDecoder)).
+//! * **Gradients into the optimiser**: during
+//!   [`Adam::backward_step`](crate::Adam::backward_step), the linear layers write their
+//!   weight and bias gradients into buffers the optimiser keeps from step to step, instead
+//!   of the fresh zero-filled tensors candle accumulates every gradient into (one
+//!   allocation, zero-fill and addition fewer per parameter and step).
 //! * **Convolutions**: 2-D convolutions and transposed convolutions as im2col/col2im and
 //!   matrix products, forward and backward (candle 0.11 runs transposed convolutions, and
 //!   so every convolution's backward, as direct loops), threaded over the batch
@@ -52,6 +57,7 @@ mod gemm;
 pub(crate) mod linear;
 mod math;
 mod parallel;
+pub(crate) mod sink;
 mod storage;
 
 /// Which fused kernels may run on the current thread (all, by default).
