@@ -369,6 +369,11 @@ impl candle_nn::Optimizer for Adam {
         Adam::step(self, grads)
     }
 
+    /// [`Adam::backward_step`], with its gradient buffers.
+    fn backward_step(&mut self, loss: &Tensor) -> candle_core::Result<()> {
+        Adam::backward_step(self, loss)
+    }
+
     fn learning_rate(&self) -> f64 {
         self.config.lr
     }
