@@ -1,6 +1,8 @@
 //! Where one training step's time goes (batch 128): the forward pass, the loss, the
 //! backward pass and the optimizer, each timed alone on the same model and batch, with the
-//! fused kernels and with plain candle ops.
+//! fused kernels and with plain candle ops; and the backward pass and optimizer together
+//! as a training step runs them (`Adam::backward_step`, whose fused layers write the
+//! weight gradients into the optimizer's buffers).
 
 use candle_core::Tensor;
 use candle_vae::fused::{FusedKernels, with_fused_kernels};
@@ -43,6 +45,9 @@ fn breakdown(c: &mut Criterion) {
             let grads = loss.backward().expect("grads");
             group.bench_function(BenchmarkId::new("optimizer", name), |b| {
                 b.iter_custom(|iters| timed(iters, &device, |_| model.opt.step(&grads)))
+            });
+            group.bench_function(BenchmarkId::new("backward_step", name), |b| {
+                b.iter_custom(|iters| timed(iters, &device, |_| model.opt.backward_step(&loss)))
             });
         });
     }
