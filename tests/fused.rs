@@ -453,6 +453,62 @@ fn backward_step_adds_gradients_from_other_ops_to_the_written_ones() -> Result {
     assert_same_parameters("penalised, plain path", &sunk, &plain, TOL)
 }
 
+/// θ, m and v after three Adam steps (lr 1e-3) on a parameter of ones whose gradient is
+/// `gradient` at every step.
+fn adam_with_gradient(kernels: FusedKernels, gradient: &[f32]) -> Result<[Vec<f32>; 3]> {
+    with_fused_kernels(kernels, || {
+        let n = gradient.len();
+        let p = Var::from_tensor(&Tensor::ones(n, DType::F32, &Device::Cpu)?)?;
+        let c = Tensor::from_slice(gradient, n, &Device::Cpu)?;
+        let mut opt = Adam::new(vec![("p".to_string(), p.clone())], AdamConfig::new(1e-3))?;
+        for _ in 0..3 {
+            opt.backward_step(&(p.as_tensor() * &c)?.sum_all()?)?;
+        }
+        let mut checkpoint = Checkpoint::new();
+        opt.save_state(&mut checkpoint)?;
+        let moment = |name: &str| -> Result<Vec<f32>> {
+            let t = checkpoint
+                .tensor(&format!("optimizer.adam.{name}.p"))
+                .ok_or("no moment")?;
+            Ok(t.to_vec1::<f32>()?)
+        };
+        Ok([p.as_tensor().to_vec1::<f32>()?, moment("m")?, moment("v")?])
+    })
+}
+
+#[test]
+fn fused_adam_stores_no_subnormal_moments_and_takes_the_plain_step() -> Result {
+    // Gradients whose moments fall below f32::MIN_POSITIVE: m ≈ 0.27·g ≈ 8e-39 for the
+    // first, v = 0.001·g² ≈ 1e-43 for the second. Subnormals cost the CPU a microcode
+    // assist per operation; the fused kernel stores them as 0, and the parameters still
+    // come out bit for bit as the plain path's (the difference, ~1e-33, is far below an
+    // f32 of 1).
+    let gradient = [3e-38, 1e-20, 1.0, 0.0];
+    let [theta, m, v] = adam_with_gradient(FusedKernels::ALL, &gradient)?;
+    let [plain_theta, plain_m, plain_v] = adam_with_gradient(FusedKernels::NONE, &gradient)?;
+    let subnormal = |x: &f32| x.is_subnormal();
+    assert!(
+        plain_m.iter().any(subnormal) && plain_v.iter().any(subnormal),
+        "premise: the plain path keeps subnormal moments ({plain_m:?}, {plain_v:?})"
+    );
+    assert!(
+        !m.iter().chain(&v).any(subnormal),
+        "fused moments hold subnormals: m {m:?}, v {v:?}"
+    );
+    for (i, (a, b)) in theta.iter().zip(&plain_theta).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "θ[{i}]: {a} vs {b}");
+    }
+    // Normal moments are the plain path's, bit for bit.
+    for (fused, plain) in [(&m, &plain_m), (&v, &plain_v)] {
+        for (a, b) in fused.iter().zip(plain.iter()) {
+            if b.is_normal() {
+                assert_eq!(a.to_bits(), b.to_bits(), "moment {a} vs {b}");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn adam_state_saved_before_a_fused_step_keeps_its_values() -> Result {
     // The fused step writes the moments in place; a checkpoint taken earlier must not see it.

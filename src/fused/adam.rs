@@ -234,6 +234,20 @@ fn update(
     for_each(chunks.collect(), run)
 }
 
+/// `x`, or 0 where `x` is subnormal (|x| < 2⁻¹²⁶ ≈ 1.2·10⁻³⁸).
+///
+/// A moment that stops receiving gradient decays geometrically (v by β₂ = 0.999 a step)
+/// and spends thousands of steps in the subnormal range, where every multiplication by
+/// it costs the CPU a microcode assist of some hundred cycles: after 3,000 MNIST steps the
+/// update of the first layer's weights took 9× as long as at the start (1.23 ms instead of
+/// 0.14 ms; docs/PERFORMANCE.md §5). Storing such a moment as 0 changes the next step's
+/// update by at most `step_size · 1.2·10⁻³⁸ / ε`, some 10⁻³³ at the defaults: far below
+/// the resolution of an `f32` parameter. This step's update uses the exact moments.
+#[inline(always)]
+fn flush_subnormal(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
+}
+
 /// The update of one chunk, in the plain path's order of operations:
 /// g ← g + λθ (L2); m ← β₁m + (1 − β₁)g; v ← β₂v + (1 − β₂)g²;
 /// θ ← θ(1 − lr·λ) (decoupled) − step_size · m / (√v / √(1 − β₂ᵗ) + ε).
@@ -257,7 +271,7 @@ fn update_chunk<const L2: bool, const DECOUPLED: bool>(
         let denom = vi.sqrt() * s.inv_sqrt_bias2 + s.eps;
         let p = if DECOUPLED { p * decay } else { p };
         theta[i] = p - (mi / denom) * s.step_size;
-        m[i] = mi;
-        v[i] = vi;
+        m[i] = flush_subnormal(mi);
+        v[i] = flush_subnormal(vi);
     }
 }
