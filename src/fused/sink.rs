@@ -11,7 +11,7 @@
 //! weight and bias ([`take`]) and writes ∂W and ∂b there — overwriting the last step's
 //! values, or adding to this step's if the parameter is used twice — and hands candle no
 //! gradient for them. The optimiser then reads the buffer. Anywhere else (a plain
-//! `loss.backward()`, a parameter the optimiser does not hold, a buffer of the wrong size)
+//! `loss.backward()`, a parameter the optimiser does not hold, a layer on another device)
 //! nothing is installed or taken, and the gradient goes to candle as usual.
 
 use std::cell::RefCell;
@@ -40,7 +40,9 @@ impl std::fmt::Debug for GradSink {
 struct Slot {
     /// Allocated (zero-filled) when first taken, then reused.
     values: Vec<f32>,
+    /// The parameter's element count.
     len: usize,
+    /// Whether `values` holds a gradient from the current pass.
     written: bool,
 }
 
