@@ -322,15 +322,20 @@ fn update(
         let grad = match (sunk, stored) {
             (None, None) => continue,
             (None, Some(stored)) => stored,
-            (Some(sunk), None) => {
-                if fused::adam::try_step_with_buffer(&slot.var, &slot.m, &slot.v, sunk, &scalars)? {
+            (Some(sunk), stored) => {
+                if stored.is_none()
+                    && fused::adam::try_step_with_buffer(
+                        &slot.var, &slot.m, &slot.v, sunk, &scalars,
+                    )?
+                {
                     slot.step += 1;
                     continue;
                 }
-                Tensor::from_slice(sunk, theta.shape(), theta.device())?
-            }
-            (Some(sunk), Some(stored)) => {
-                (Tensor::from_slice(sunk, theta.shape(), theta.device())? + stored)?
+                let sunk = Tensor::from_slice(sunk, theta.shape(), theta.device())?;
+                match stored {
+                    Some(stored) => (sunk + stored)?,
+                    None => sunk,
+                }
             }
         };
         slot.step += 1;

@@ -156,10 +156,11 @@ impl CustomOp3 for LinearOp {
             }
         })?;
         let need_x = x.track_op();
-        // ∂W goes into the optimiser's buffer during a backward step (`super::sink`), into
-        // a fresh tensor for candle otherwise.
-        let mut sunk_w = if w.track_op() { sink::take(w) } else { None };
-        let mut fresh_w = if w.track_op() && sunk_w.is_none() {
+        let need_w = w.track_op();
+        // ∂W goes into the optimiser's buffer during a backward step (`super::sink`, which
+        // sizes it to W), into a fresh tensor for candle otherwise.
+        let mut sunk_w = if need_w { sink::take(w) } else { None };
+        let mut fresh_w = if need_w && sunk_w.is_none() {
             vec![0f32; fan_out * fan_in]
         } else {
             Vec::new()
@@ -168,12 +169,6 @@ impl CustomOp3 for LinearOp {
             Some(taken) => (taken.values.as_mut_slice(), taken.accumulate),
             None => (fresh_w.as_mut_slice(), false),
         };
-        if !grad_w.is_empty() && grad_w.len() != fan_out * fan_in {
-            bail!(
-                "candle-vae-linear: a weight gradient buffer of {} for {fan_out}x{fan_in}",
-                grad_w.len()
-            )
-        }
         let mut grad_x = if need_x {
             vec![0f32; n * fan_in]
         } else {
@@ -227,32 +222,13 @@ impl CustomOp3 for LinearOp {
                 sink::give_back(taken);
                 None
             }
-            None if w.track_op() => {
-                Some(Tensor::from_vec(fresh_w, (fan_out, fan_in), &Device::Cpu)?)
-            }
+            None if need_w => Some(Tensor::from_vec(fresh_w, (fan_out, fan_in), &Device::Cpu)?),
             None => None,
         };
-        let sunk_b = if b.track_op() { sink::take(b) } else { None };
-        let grad_b = match sunk_b {
-            Some(mut taken) if taken.values.len() == grad_b.len() => {
-                if taken.accumulate {
-                    taken
-                        .values
-                        .iter_mut()
-                        .zip(&grad_b)
-                        .for_each(|(s, g)| *s += g);
-                } else {
-                    taken.values.copy_from_slice(&grad_b);
-                }
-                sink::give_back(taken);
-                None
-            }
-            Some(taken) => bail!(
-                "candle-vae-linear: a bias gradient buffer of {} for {fan_out}",
-                taken.values.len()
-            ),
-            None if b.track_op() => Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?),
-            None => None,
+        let grad_b = if b.track_op() && !sink::deposit(b, &grad_b)? {
+            Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?)
+        } else {
+            None
         };
         Ok((grad_x, grad_w, grad_b))
     }

@@ -8,9 +8,9 @@
 //! During [`Adam::backward_step`](crate::Adam::backward_step) a [`GradSink`] holding one
 //! buffer per parameter is installed on the calling thread (candle runs a backward pass
 //! on the thread that calls it). The fused linear layer asks it for the buffer of its
-//! weight and bias ([`take`]) and writes ∂W and ∂b there — overwriting the last step's
-//! values, or adding to this step's if the parameter is used twice — and hands candle no
-//! gradient for them. The optimiser then reads the buffer. Anywhere else (a plain
+//! weight ([`take`]) and writes ∂W there — overwriting the last step's values, or adding
+//! to this step's if the parameter is used twice — and puts its computed ∂b into the
+//! bias's ([`deposit`]); candle gets no gradient for either. The optimiser then reads the buffer. Anywhere else (a plain
 //! `loss.backward()`, a parameter the optimiser does not hold, a layer on another device)
 //! nothing is installed or taken, and the gradient goes to candle as usual.
 
@@ -142,4 +142,33 @@ pub(crate) fn give_back(taken: Taken) {
             slot.written = true;
         }
     });
+}
+
+/// Adds `gradient` into `param`'s buffer (copies it, if it is the first this pass), if a
+/// sink is installed on this thread and holds `param`; `Ok(false)`, doing nothing, if not.
+///
+/// # Errors
+/// If `gradient` is not of `param`'s size.
+pub(crate) fn deposit(param: &Tensor, gradient: &[f32]) -> candle_core::Result<bool> {
+    let Some(mut taken) = take(param) else {
+        return Ok(false);
+    };
+    if taken.values.len() != gradient.len() {
+        candle_core::bail!(
+            "gradient sink: {} values for a parameter of {}",
+            gradient.len(),
+            taken.values.len()
+        )
+    }
+    if taken.accumulate {
+        taken
+            .values
+            .iter_mut()
+            .zip(gradient)
+            .for_each(|(s, g)| *s += g);
+    } else {
+        taken.values.copy_from_slice(gradient);
+    }
+    give_back(taken);
+    Ok(true)
 }
