@@ -1,10 +1,10 @@
 //! The interfaces a [`Vae`](crate::Vae) composes: an encoder x → q(z|x) and a decoder
-//! z → parameters of p(x|z), each declaring its widths so a VAE can check them when it is
-//! built.
+//! z → parameters of p(x|z), each of which may declare its widths ([`Dims`]) so a VAE can
+//! check them when it is built.
 
 use candle_core::{ModuleT, Tensor};
 
-use crate::distribution::DiagonalGaussian;
+use crate::reparameterize::Reparameterize;
 
 /// An inference network x → q(z|x) whose forward pass is the same in training and
 /// evaluation (the encoder analogue of candle's [`Module`](candle_core::Module)).
@@ -12,31 +12,40 @@ use crate::distribution::DiagonalGaussian;
 /// Implement this, or [`EncoderT`] when dropout or batch-norm make the two differ; every
 /// `Encoder` is an `EncoderT` through a blanket implementation.
 pub trait Encoder {
+    /// The posterior family: [`DiagonalGaussian`](crate::DiagonalGaussian) for the
+    /// crate's encoders, any [`Reparameterize`] type for a user's.
+    type Posterior: Reparameterize;
+
     /// The approximate posterior q(z|x) for a batch.
     ///
     /// # Shapes
-    /// `xs`: `(N, …)` → a [`DiagonalGaussian`] over `(N, D)`.
+    /// `xs`: `(N, …)` → a posterior over `(N, D)`.
     ///
     /// # Errors
     /// If `xs` does not have the shape the encoder was built for.
-    fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian>;
+    fn encode(&self, xs: &Tensor) -> candle_core::Result<Self::Posterior>;
 }
 
 /// An inference network whose forward pass depends on training mode (the encoder analogue
 /// of candle's [`ModuleT`]).
 pub trait EncoderT {
+    /// The posterior family (see [`Encoder::Posterior`]).
+    type Posterior: Reparameterize;
+
     /// The approximate posterior q(z|x); `train` selects training behaviour.
     ///
     /// # Shapes
-    /// `xs`: `(N, …)` → a [`DiagonalGaussian`] over `(N, D)`.
+    /// `xs`: `(N, …)` → a posterior over `(N, D)`.
     ///
     /// # Errors
     /// If `xs` does not have the shape the encoder was built for.
-    fn encode_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<DiagonalGaussian>;
+    fn encode_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Self::Posterior>;
 }
 
 impl<E: Encoder + ?Sized> EncoderT for E {
-    fn encode_t(&self, xs: &Tensor, _train: bool) -> candle_core::Result<DiagonalGaussian> {
+    type Posterior = E::Posterior;
+
+    fn encode_t(&self, xs: &Tensor, _train: bool) -> candle_core::Result<E::Posterior> {
         self.encode(xs)
     }
 }

@@ -246,6 +246,8 @@ impl ConvEncoder {
 }
 
 impl Encoder for ConvEncoder {
+    type Posterior = DiagonalGaussian;
+
     /// # Shapes
     /// `xs`: `(N, C, H, W)` as declared → q(z|x) over `(N, latent_dim)`.
     ///

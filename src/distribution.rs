@@ -4,8 +4,8 @@ use candle_core::{D, DType, Device, Tensor};
 
 use crate::error::Error;
 use crate::noise::NoiseSource;
-
-const LN_2PI: f64 = 1.837_877_066_409_345_3;
+use crate::ops::LN_2PI;
+use crate::reparameterize::Reparameterize;
 
 /// A Gaussian with diagonal covariance, N(μ, diag σ²), parameterised by its mean μ and
 /// log-variance log σ² (the encoder's two heads).
@@ -23,7 +23,7 @@ const LN_2PI: f64 = 1.837_877_066_409_345_3;
 /// * KL between two Gaussians: KL(q ‖ p) = ½ [ log σp² − log σq² + (σq² + (μq − μp)²) / σp² − 1 ]
 ///
 /// # Reparameterization
-/// [`rsample`](Self::rsample) draws z = μ + σ·ε with ε ~ N(0, I) from a seeded
+/// As a [`Reparameterize`] family, [`rsample`](Reparameterize::rsample) draws z = μ + σ·ε with ε ~ N(0, I) from a seeded
 /// [`NoiseSource`], so z is a differentiable function of μ and log σ² (Kingma & Welling
 /// 2013, §2.4). [`rsample_with`](Self::rsample_with) is its deterministic twin: it takes ε.
 #[derive(Debug, Clone)]
@@ -215,41 +215,49 @@ impl DiagonalGaussian {
         eps.broadcast_mul(&self.std()?)?.broadcast_add(&self.mean)
     }
 
-    /// One reparameterized sample per distribution, ε drawn from `noise`.
-    ///
-    /// # Shapes
-    /// `(N, D)`.
-    ///
-    /// # Errors
-    /// Only candle's own.
-    pub fn rsample(&self, noise: &mut NoiseSource) -> candle_core::Result<Tensor> {
-        let eps =
-            noise.standard_normal(self.mean.shape(), self.mean.dtype(), self.mean.device())?;
-        self.rsample_with(&eps)
-    }
-
-    /// `k` reparameterized samples per distribution (for IWAE and importance sampling).
-    ///
-    /// # Shapes
-    /// `(k, N, D)`.
-    ///
-    /// # Errors
-    /// If `k` is 0.
-    pub fn rsample_n(&self, k: usize, noise: &mut NoiseSource) -> candle_core::Result<Tensor> {
-        if k == 0 {
-            return Err(Error::config("rsample_n", "k", k, "must be ≥ 1").into());
-        }
-        let mut shape = vec![k];
-        shape.extend_from_slice(self.mean.dims());
-        let eps = noise.standard_normal(shape, self.mean.dtype(), self.mean.device())?;
-        self.rsample_with(&eps)
-    }
-
     /// The same distribution with no gradient path back to the encoder.
     pub fn detach(&self) -> Self {
         Self {
             mean: self.mean.detach(),
             log_var: self.log_var.detach(),
         }
+    }
+}
+
+impl Reparameterize for DiagonalGaussian {
+    fn latent_dim(&self) -> usize {
+        self.dim()
+    }
+
+    fn draw_noise(
+        &self,
+        samples: Option<usize>,
+        noise: &mut NoiseSource,
+    ) -> candle_core::Result<Tensor> {
+        let mut shape = Vec::with_capacity(self.mean.rank() + 1);
+        if let Some(k) = samples {
+            if k == 0 {
+                return Err(Error::config("DiagonalGaussian::draw_noise", "samples", k, "must be ≥ 1").into());
+            }
+            shape.push(k);
+        }
+        shape.extend_from_slice(self.mean.dims());
+        noise.standard_normal(shape, self.mean.dtype(), self.mean.device())
+    }
+
+    fn rsample_with(&self, eps: &Tensor) -> candle_core::Result<Tensor> {
+        DiagonalGaussian::rsample_with(self, eps)
+    }
+
+    fn log_prob(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        DiagonalGaussian::log_prob(self, z)
+    }
+
+    fn log_prob_per_dim(&self, z: &Tensor) -> Option<candle_core::Result<Tensor>> {
+        Some(DiagonalGaussian::log_prob_per_dim(self, z))
+    }
+
+    fn location(&self) -> candle_core::Result<Tensor> {
+        Ok(self.mean.clone())
     }
 }

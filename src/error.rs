@@ -66,6 +66,43 @@ pub enum Error {
         params_per_element: usize,
     },
 
+    /// A prior is over another latent width than the model's encoder.
+    #[error("the prior is over {prior} latent dimensions but the model's latent code has {model}")]
+    PriorMismatch {
+        /// Latent width of the model.
+        model: usize,
+        /// Latent width of the prior.
+        prior: usize,
+    },
+
+    /// The analytic KL was asked for a pair of posterior family and prior that has no
+    /// closed form; use `KlEstimator::MonteCarlo`.
+    #[error(
+        "KlEstimator::Analytic: the prior {prior} has no closed-form KL from the posterior \
+         family {posterior}; use KlEstimator::MonteCarlo"
+    )]
+    NoAnalyticKl {
+        /// The prior's type.
+        prior: &'static str,
+        /// The posterior family's type.
+        posterior: &'static str,
+    },
+
+    /// A setting needs a per-dimension KL, which this pair of posterior and prior does not
+    /// factorise into.
+    #[error(
+        "{setting} needs the KL per latent dimension, but the prior {prior} and the \
+         posterior family {posterior} do not both factorise over dimensions"
+    )]
+    NoPerDimensionKl {
+        /// The setting, e.g. `free_bits`.
+        setting: &'static str,
+        /// The prior's type.
+        prior: &'static str,
+        /// The posterior family's type.
+        posterior: &'static str,
+    },
+
     /// A checkpoint lacks a tensor the model needs.
     #[error("checkpoint {path}: tensor `{name}` is missing")]
     MissingTensor {

@@ -12,11 +12,14 @@
 //! model it is the standard estimate of the test log-likelihood. Sums of weights go
 //! through log-sum-exp, never through exp.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use crate::component::{Decoder, Dims, EncoderT};
+use crate::component::{Decoder, EncoderT};
 use crate::error::{Error, ensure};
+use crate::likelihood::Likelihood;
 use crate::noise::NoiseSource;
+use crate::prior::Prior;
+use crate::reparameterize::Reparameterize;
 use crate::vae::{Vae, VaeOutput};
 
 /// log w = log p(x|z) + log p(z) − log q(z|x) for every sample.
@@ -27,7 +30,15 @@ use crate::vae::{Vae, VaeOutput};
 ///
 /// # Errors
 /// If `xs` is not the batch `out` was computed from.
-pub fn log_importance_weights(out: &VaeOutput, xs: &Tensor) -> candle_core::Result<Tensor> {
+pub fn log_importance_weights<Q, L, P>(
+    out: &VaeOutput<'_, Q, L, P>,
+    xs: &Tensor,
+) -> candle_core::Result<Tensor>
+where
+    Q: Reparameterize,
+    L: Likelihood,
+    P: Prior,
+{
     let log_w = ((out.reconstruction_log_prob(xs)? + out.prior_log_prob()?)?
         - out.posterior_log_prob()?)?;
     if log_w.rank() == 1 {
@@ -45,7 +56,12 @@ pub fn log_importance_weights(out: &VaeOutput, xs: &Tensor) -> candle_core::Resu
 ///
 /// # Errors
 /// If `xs` is not the batch `out` was computed from.
-pub fn iwae_bound(out: &VaeOutput, xs: &Tensor) -> candle_core::Result<Tensor> {
+pub fn iwae_bound<Q, L, P>(out: &VaeOutput<'_, Q, L, P>, xs: &Tensor) -> candle_core::Result<Tensor>
+where
+    Q: Reparameterize,
+    L: Likelihood,
+    P: Prior,
+{
     let log_w = log_importance_weights(out, xs)?;
     let k = log_w.dim(0)? as f64;
     log_w.log_sum_exp(0)? - k.ln()
@@ -108,15 +124,17 @@ impl ImportanceSamplingConfig {
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for a bad `config`; candle's error if `xs` does not fit.
-pub fn log_likelihood<E, D>(
-    vae: &Vae<E, D>,
+pub fn log_likelihood<E, D, L, P>(
+    vae: &Vae<E, D, L, P>,
     xs: &Tensor,
     config: &ImportanceSamplingConfig,
     noise: &mut NoiseSource,
 ) -> crate::Result<Tensor>
 where
-    E: EncoderT + Dims,
-    D: Decoder + Dims,
+    E: EncoderT,
+    D: Decoder,
+    L: Likelihood,
+    P: Prior,
 {
     log_likelihood_with(config, noise, |k, noise| {
         let out = vae.forward_samples_t(xs, k, noise, false)?;
@@ -139,11 +157,11 @@ where
     F: FnMut(usize, &mut NoiseSource) -> candle_core::Result<Tensor>,
 {
     config.validate()?;
-    let mut running: Option<Tensor> = None;
+    let mut sums: Option<WeightSums> = None;
     let mut done = 0;
     while done < config.samples {
         let k = config.chunk_size.min(config.samples - done);
-        let log_w = log_weights(k, noise)?.detach().to_dtype(DType::F64)?;
+        let log_w = log_weights(k, noise)?;
         if log_w.rank() != 2 || log_w.dim(0)? != k {
             return Err(Error::shape(
                 "log_likelihood_with",
@@ -151,16 +169,109 @@ where
                 log_w.dims(),
             ));
         }
-        let chunk = log_w.log_sum_exp(0)?;
-        running = Some(match running {
-            None => chunk,
-            Some(previous) => Tensor::stack(&[&previous, &chunk], 0)?.log_sum_exp(0)?,
-        });
+        let n = log_w.dim(1)?;
+        let sums = sums.get_or_insert_with(|| WeightSums::new(n, 1, config.samples));
+        sums.add_chunk(&log_w)?;
         done += k;
     }
-    let total = running
-        .ok_or_else(|| Error::config("ImportanceSamplingConfig", "samples", 0, "must be ≥ 1"))?;
-    Ok((total - (config.samples as f64).ln())?)
+    let sums =
+        sums.ok_or_else(|| Error::config("ImportanceSamplingConfig", "samples", 0, "must be ≥ 1"))?;
+    Ok(Tensor::new(sums.log_likelihood(), &Device::Cpu)?)
+}
+
+/// Running sums over chunks of log importance weights of N examples, in `f64` on the host:
+/// the log-sum-exp of all weights (→ log p(x)), the sum of log w (→ ELBO), and the sum over
+/// completed disjoint groups of k samples of their log-mean-exp (→ the IWAE bound L_k).
+/// The one implementation behind [`log_likelihood_with`] and
+/// [`train::importance_sampled`](crate::train::importance_sampled).
+#[derive(Debug, Clone)]
+pub(crate) struct WeightSums {
+    lse: Vec<f64>,
+    total: Vec<f64>,
+    bound: Vec<f64>,
+    /// Weights of the group of k being filled, per example.
+    open_group: Vec<Vec<f64>>,
+    bound_k: usize,
+    groups: usize,
+    groups_done: usize,
+    seen: usize,
+}
+
+impl WeightSums {
+    /// Sums for `n` examples, groups of `bound_k` out of `samples` in all.
+    pub(crate) fn new(n: usize, bound_k: usize, samples: usize) -> Self {
+        Self {
+            lse: vec![f64::NEG_INFINITY; n],
+            total: vec![0.0; n],
+            bound: vec![0.0; n],
+            open_group: vec![Vec::with_capacity(bound_k); n],
+            bound_k: bound_k.max(1),
+            groups: samples / bound_k.max(1),
+            groups_done: 0,
+            seen: 0,
+        }
+    }
+
+    /// Adds a `(k, N)` chunk of log weights.
+    pub(crate) fn add_chunk(&mut self, log_w: &Tensor) -> candle_core::Result<()> {
+        let rows = log_w.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        for row in rows {
+            if row.len() != self.lse.len() {
+                return Err(Error::shape("log importance weights", format!("(k, {})", self.lse.len()), &[1, row.len()]).into());
+            }
+            for (i, &lw) in row.iter().enumerate() {
+                self.total[i] += lw;
+                self.lse[i] = log_add_exp(self.lse[i], lw);
+                self.open_group[i].push(lw);
+            }
+            self.seen += 1;
+            if self.seen % self.bound_k == 0 {
+                if self.groups_done < self.groups {
+                    for (b, group) in self.bound.iter_mut().zip(&self.open_group) {
+                        *b += log_mean_exp(group);
+                    }
+                    self.groups_done += 1;
+                }
+                self.open_group.iter_mut().for_each(Vec::clear);
+            }
+        }
+        Ok(())
+    }
+
+    /// log p(x) ≈ log (1/K) Σ_k w_k per example, K the samples seen.
+    pub(crate) fn log_likelihood(&self) -> Vec<f64> {
+        let ln_k = (self.seen.max(1) as f64).ln();
+        self.lse.iter().map(|l| l - ln_k).collect()
+    }
+
+    /// The ELBO estimate (1/K) Σ_k log w_k per example.
+    pub(crate) fn elbo(&self) -> Vec<f64> {
+        let k = self.seen.max(1) as f64;
+        self.total.iter().map(|t| t / k).collect()
+    }
+
+    /// L_k averaged over the completed groups, per example.
+    pub(crate) fn iwae_bound(&self) -> Vec<f64> {
+        let g = self.groups_done.max(1) as f64;
+        self.bound.iter().map(|b| b / g).collect()
+    }
+}
+
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        m
+    } else {
+        m + ((a - m).exp() + (b - m).exp()).ln()
+    }
+}
+
+fn log_mean_exp(values: &[f64]) -> f64 {
+    let m = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + (values.iter().map(|v| (v - m).exp()).sum::<f64>() / values.len() as f64).ln()
 }
 
 /// Active units (Burda et al. 2015, §5.2): latent dimension d is active when

@@ -72,6 +72,7 @@ pub mod device;
 pub mod distribution;
 pub mod error;
 pub mod estimate;
+pub mod flow;
 pub mod fused;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
@@ -83,6 +84,8 @@ pub mod noise;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod prior;
+pub mod reparameterize;
 pub mod train;
 pub mod vae;
 pub mod viz;
@@ -95,10 +98,16 @@ pub use distribution::DiagonalGaussian;
 pub use error::{Error, IdxProblem, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
 pub use layers::Activation;
-pub use likelihood::{GaussianMean, GaussianVariance, Likelihood};
+pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
+pub use likelihood::{GaussianMean, GaussianVariance, Likelihood, StandardLikelihood};
 pub use loss::{Elbo, ElboLoss, ElboLossConfig, KlEstimator, KlSchedule, Reduction};
 pub use mlp::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig};
 pub use noise::{NoiseSource, NoiseState};
 pub use optim::{Adam, AdamConfig, WeightDecay};
 pub use params::ParamStore;
+pub use prior::{
+    GaussianPrior, MixturePrior, MixturePriorConfig, Prior, StandardNormal, VampPrior,
+    VampPriorConfig,
+};
+pub use reparameterize::Reparameterize;
 pub use vae::{ConditionalVae, Vae, VaeOutput};

@@ -1,11 +1,16 @@
 //! The training objective: the negative evidence lower bound and its variants.
 
+use std::any::Any;
+
 use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ensure;
+use crate::distribution::DiagonalGaussian;
+use crate::error::{Error, ensure};
 use crate::fused;
-use crate::likelihood::Likelihood;
+use crate::likelihood::{Likelihood, StandardLikelihood};
+use crate::prior::{Prior, StandardNormal};
+use crate::reparameterize::Reparameterize;
 use crate::vae::VaeOutput;
 
 /// How per-example losses become one number.
@@ -40,11 +45,16 @@ impl Reduction {
 /// How the KL term is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum KlEstimator {
-    /// The closed form ½ Σ (μ² + σ² − 1 − log σ²) (Kingma & Welling 2013, appendix B).
+    /// The closed form the prior has for the posterior family
+    /// ([`Prior::analytic_kl_per_dim`]), e.g. ½ Σ (μ² + σ² − 1 − log σ²) for a Gaussian
+    /// posterior and N(0, I) (Kingma & Welling 2013, appendix B). A pair without one is
+    /// an error ([`Error::NoAnalyticKl`](crate::Error::NoAnalyticKl)), never a silent
+    /// fallback.
     #[default]
     Analytic,
     /// The single-sample estimate log q(z|x) − log p(z) at the sampled z (averaged over the
-    /// samples of a multi-sample pass): unbiased, noisier, and usable with any posterior.
+    /// samples of a multi-sample pass): unbiased, noisier, and usable with any posterior
+    /// and prior.
     MonteCarlo,
 }
 
@@ -212,7 +222,9 @@ pub struct Elbo {
     /// KL(q(z|x) ‖ p(z)), reduced (scalar): the true KL, before β, warm-up or free bits.
     pub kl: Tensor,
     /// KL per latent dimension averaged over the batch, `(D,)`: which units are in use.
-    pub kl_per_dim: Tensor,
+    /// `None` where the posterior and prior do not both factorise over dimensions (a
+    /// mixture prior, a flow posterior).
+    pub kl_per_dim: Option<Tensor>,
     /// −ELBO per example, `(N,)`: reconstruction + KL, without β, warm-up or free bits;
     /// an upper bound on −log p(x).
     pub per_example: Tensor,
@@ -266,8 +278,16 @@ impl ElboLoss {
     /// K samples.
     ///
     /// # Errors
-    /// If `xs` is not the batch `out` was computed from.
-    pub fn forward(&self, out: &VaeOutput, xs: &Tensor) -> candle_core::Result<Elbo> {
+    /// If `xs` is not the batch `out` was computed from, or is empty;
+    /// [`Error::NoAnalyticKl`](crate::Error::NoAnalyticKl) for an analytic KL the pair has
+    /// no closed form for; [`Error::NoPerDimensionKl`](crate::Error::NoPerDimensionKl) for
+    /// free bits on a pair that does not factorise.
+    pub fn forward<Q, L, P>(&self, out: &VaeOutput<'_, Q, L, P>, xs: &Tensor) -> candle_core::Result<Elbo>
+    where
+        Q: Reparameterize,
+        L: Likelihood,
+        P: Prior,
+    {
         self.compute(out, xs, self.config.beta)
     }
 
@@ -275,37 +295,65 @@ impl ElboLoss {
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
-    pub fn forward_at_step(
+    pub fn forward_at_step<Q, L, P>(
         &self,
-        out: &VaeOutput,
+        out: &VaeOutput<'_, Q, L, P>,
         xs: &Tensor,
         step: usize,
-    ) -> candle_core::Result<Elbo> {
+    ) -> candle_core::Result<Elbo>
+    where
+        Q: Reparameterize,
+        L: Likelihood,
+        P: Prior,
+    {
         self.compute(out, xs, self.kl_weight(step))
     }
 
-    fn compute(&self, out: &VaeOutput, xs: &Tensor, kl_weight: f64) -> candle_core::Result<Elbo> {
-        if matches!(out.likelihood, Likelihood::Bernoulli)
-            && self.config.kl_estimator == KlEstimator::Analytic
-            && self.config.free_bits == 0.0
-            && out.z.rank() == 2
-        {
-            let fused = fused::elbo::try_elbo(
-                &out.params,
-                xs,
-                out.posterior.mean(),
-                out.posterior.log_var(),
-                kl_weight,
-                self.config.reduction,
-            )?;
-            if let Some(terms) = fused {
-                return Ok(Elbo {
-                    loss: terms.loss,
-                    reconstruction: terms.reconstruction,
-                    kl: terms.kl,
-                    kl_per_dim: terms.kl_per_dim,
-                    per_example: terms.per_example,
-                });
+    fn compute<Q, L, P>(
+        &self,
+        out: &VaeOutput<'_, Q, L, P>,
+        xs: &Tensor,
+        kl_weight: f64,
+    ) -> candle_core::Result<Elbo>
+    where
+        Q: Reparameterize,
+        L: Likelihood,
+        P: Prior,
+    {
+        if xs.rank() == 0 || xs.dim(0)? == 0 {
+            return Err(Error::shape("ElboLoss::forward", "a batch of at least one example", xs.dims()).into());
+        }
+        let likelihood: &dyn Any = out.likelihood;
+        let prior: &dyn Any = out.prior;
+        let posterior: &dyn Any = &out.posterior;
+        // The fused CPU kernel covers the pytorch/examples model: Bernoulli, N(0, I), a
+        // diagonal Gaussian posterior, the analytic KL, one sample.
+        if let (Some(StandardLikelihood::Bernoulli), true, Some(gaussian)) = (
+            likelihood.downcast_ref::<StandardLikelihood>(),
+            prior.is::<StandardNormal>(),
+            posterior.downcast_ref::<DiagonalGaussian>(),
+        ) {
+            if self.config.kl_estimator == KlEstimator::Analytic
+                && self.config.free_bits == 0.0
+                && out.z.rank() == 2
+            {
+                let fused = fused::elbo::try_elbo(
+                    &out.params,
+                    xs,
+                    gaussian.mean(),
+                    gaussian.log_var(),
+                    kl_weight,
+                    self.config.reduction,
+                )?;
+                if let Some(terms) = fused {
+                    return Ok(Elbo {
+                        loss: terms.loss,
+                        reconstruction: terms.reconstruction,
+                        kl: terms.kl,
+                        kl_per_dim: Some(terms.kl_per_dim),
+                        per_example: terms.per_example,
+                    });
+                }
             }
         }
         let log_likelihood = out.reconstruction_log_prob(xs)?;
@@ -314,29 +362,45 @@ impl ElboLoss {
         } else {
             log_likelihood
         };
-        let kl_dims = match self.config.kl_estimator {
-            KlEstimator::Analytic => out.posterior.kl_standard_normal_per_dim()?,
-            KlEstimator::MonteCarlo => {
-                let log_q = out.posterior.log_prob_per_dim(&out.z)?;
-                let log_p = out.z.sqr()?.affine(-0.5, -0.5 * 1.837_877_066_409_345_3)?;
-                let per_sample = (log_q - log_p)?;
-                if out.z.rank() == 3 {
-                    per_sample.mean(0)?
-                } else {
-                    per_sample
-                }
+        let average_samples = |t: Tensor| if out.z.rank() == 3 { t.mean(0) } else { Ok(t) };
+        let (kl_per_example, kl_dims) = match self.config.kl_estimator {
+            KlEstimator::Analytic => {
+                let dims = out.prior.analytic_kl_per_dim(posterior).ok_or_else(|| {
+                    Error::NoAnalyticKl {
+                        prior: std::any::type_name::<P>(),
+                        posterior: std::any::type_name::<Q>(),
+                    }
+                })??;
+                (dims.sum(D::Minus1)?, Some(dims))
             }
+            KlEstimator::MonteCarlo => match (
+                out.posterior.log_prob_per_dim(&out.z),
+                out.prior.log_prob_per_dim(&out.z),
+            ) {
+                (Some(log_q), Some(log_p)) => {
+                    let dims = average_samples((log_q? - log_p?)?)?;
+                    (dims.sum(D::Minus1)?, Some(dims))
+                }
+                _ => {
+                    let per_sample = (out.posterior_log_prob()? - out.prior_log_prob()?)?;
+                    (average_samples(per_sample)?, None)
+                }
+            },
         };
-        let n = kl_dims.dim(0)? as f64;
-        let kl_per_example = kl_dims.sum(D::Minus1)?;
-        let kl_per_dim = kl_dims.mean(0)?;
+        let n = kl_per_example.dim(0)? as f64;
+        let kl_per_dim = kl_dims.as_ref().map(|d| d.mean(0)).transpose()?;
         let per_example = (&kl_per_example - &log_likelihood)?;
 
         let reduction = self.config.reduction;
         let reconstruction = reduction.apply(&log_likelihood.neg()?)?;
         let kl = reduction.apply(&kl_per_example)?;
         let kl_objective = if self.config.free_bits > 0.0 {
-            let clamped = kl_per_dim.maximum(self.config.free_bits)?.sum_all()?;
+            let per_dim = kl_per_dim.as_ref().ok_or_else(|| Error::NoPerDimensionKl {
+                setting: "free_bits",
+                prior: std::any::type_name::<P>(),
+                posterior: std::any::type_name::<Q>(),
+            })?;
+            let clamped = per_dim.maximum(self.config.free_bits)?.sum_all()?;
             match reduction {
                 Reduction::Sum => (clamped * n)?,
                 Reduction::BatchMean => clamped,

@@ -126,6 +126,8 @@ impl MlpEncoder {
 }
 
 impl Encoder for MlpEncoder {
+    type Posterior = DiagonalGaussian;
+
     /// # Shapes
     /// `xs`: `(N, input_dim)`, or `(N, …)` whose trailing axes hold `input_dim` elements
     /// (e.g. `(N, 1, 28, 28)`) → q(z|x) over `(N, latent_dim)`.

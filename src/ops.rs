@@ -2,6 +2,9 @@
 
 use candle_core::Tensor;
 
+/// ln(2π), the constant of every Gaussian log-density.
+pub const LN_2PI: f64 = 1.837_877_066_409_345_3;
+
 /// Softplus log(1 + eˣ), computed as relu(x) + log(1 + e^{−|x|}) so it is finite for
 /// every finite x (the naive form overflows at x ≈ 89 in `f32`).
 ///

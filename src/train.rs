@@ -37,19 +37,31 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::component::{Decoder, Dims, EncoderT};
+use crate::component::{Decoder, EncoderT};
 use crate::data::{Batch, DataLoader};
 use crate::error::{Result, ensure};
-use crate::estimate::{ActiveUnits, ImportanceSamplingConfig, iwae_bound, log_importance_weights};
-use crate::loss::{ElboLoss, ElboLossConfig, Reduction};
+use crate::estimate::{
+    ActiveUnits, ImportanceSamplingConfig, WeightSums, iwae_bound, log_importance_weights,
+};
+use crate::likelihood::Likelihood;
+use crate::loss::{ElboLoss, ElboLossConfig, KlEstimator, Reduction};
 use crate::noise::{NoiseSource, NoiseState};
 use crate::optim::Adam;
 use crate::params::ParamStore;
+use crate::prior::Prior;
+use crate::reparameterize::Reparameterize;
 use crate::vae::{ConditionalVae, Vae, VaeOutput};
 
 /// A model the functions of this module drive, one [`Batch`] at a time: a [`Vae`] reads
 /// the images, a [`ConditionalVae`] also the labels, one-hot encoded as its condition.
 pub trait BatchModel {
+    /// The posterior family of the encoder.
+    type Posterior: Reparameterize;
+    /// The likelihood p(x|z).
+    type Likelihood: Likelihood;
+    /// The prior p(z).
+    type Prior: Prior;
+
     /// One forward pass on `batch`: one posterior sample per example (`samples` = `None`,
     /// z of shape `(N, D)`) or k (`Some(k)`, z of shape `(k, N, D)`), drawn from `noise`.
     ///
@@ -62,17 +74,27 @@ pub trait BatchModel {
         samples: Option<usize>,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput>;
+    ) -> candle_core::Result<VaeOutput<'_, Self::Posterior, Self::Likelihood, Self::Prior>>;
 }
 
-impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for Vae<E, D> {
+impl<E, D, L, P> BatchModel for Vae<E, D, L, P>
+where
+    E: EncoderT,
+    D: Decoder,
+    L: Likelihood,
+    P: Prior,
+{
+    type Posterior = E::Posterior;
+    type Likelihood = L;
+    type Prior = P;
+
     fn forward_batch(
         &self,
         batch: &Batch,
         samples: Option<usize>,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         match samples {
             None => self.forward_t(&batch.images, noise, train),
             Some(k) => self.forward_samples_t(&batch.images, k, noise, train),
@@ -80,14 +102,24 @@ impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for Vae<E, D> {
     }
 }
 
-impl<E: EncoderT + Dims, D: Decoder + Dims> BatchModel for ConditionalVae<E, D> {
+impl<E, D, L, P> BatchModel for ConditionalVae<E, D, L, P>
+where
+    E: EncoderT,
+    D: Decoder,
+    L: Likelihood,
+    P: Prior,
+{
+    type Posterior = E::Posterior;
+    type Likelihood = L;
+    type Prior = P;
+
     fn forward_batch(
         &self,
         batch: &Batch,
         samples: Option<usize>,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         let labels = batch.labels.clone().ok_or_else(|| {
             candle_core::Error::Msg("a conditional VAE needs a labelled dataset".into())
         })?;
@@ -288,6 +320,27 @@ pub struct EpochSummary {
     pub seconds: f64,
 }
 
+/// The plain −ELBO (β = 1, summed) that training and evaluation report: with the
+/// analytic KL where the prior has a closed form for the posterior family, else the
+/// Monte-Carlo estimate at the pass's samples.
+fn monitor_loss<Q, L, P>(out: &VaeOutput<'_, Q, L, P>) -> Result<ElboLoss>
+where
+    Q: Reparameterize,
+    L: Likelihood,
+    P: Prior,
+{
+    let estimator = if out.prior.has_analytic_kl(std::any::TypeId::of::<Q>()) {
+        KlEstimator::Analytic
+    } else {
+        KlEstimator::MonteCarlo
+    };
+    ElboLoss::new(
+        ElboLossConfig::default()
+            .with_reduction(Reduction::Sum)
+            .with_kl_estimator(estimator),
+    )
+}
+
 /// A scalar tensor as `f64`.
 fn scalar(value: &Tensor) -> candle_core::Result<f64> {
     value.to_dtype(DType::F64)?.to_scalar::<f64>()
@@ -310,9 +363,9 @@ fn per_example(value: &Tensor, reduction: Reduction, n: usize) -> candle_core::R
 /// # Errors
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad objective; candle's
 /// error if the data does not fit the model.
-pub fn train_epoch<M: BatchModel + ?Sized>(
+pub fn train_epoch<M: BatchModel + ?Sized, O: candle_nn::Optimizer>(
     vae: &M,
-    optimizer: &mut Adam,
+    optimizer: &mut O,
     objective: &Objective,
     loader: &DataLoader,
     state: &mut TrainingState,
@@ -321,7 +374,6 @@ pub fn train_epoch<M: BatchModel + ?Sized>(
 ) -> Result<EpochSummary> {
     objective.validate()?;
     let start = Instant::now();
-    let monitor = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
     let mut sums = [0f64; 4]; // loss, −ELBO, reconstruction, KL (per-example sums)
     let mut examples = 0;
     let TrainingState {
@@ -348,7 +400,7 @@ pub fn train_epoch<M: BatchModel + ?Sized>(
         };
         optimizer.backward_step(&loss)?;
         *step += 1;
-        let monitored = monitor.forward(&out, xs)?;
+        let monitored = monitor_loss(&out)?.forward(&out, xs)?;
         let batch_loss = per_example(&loss, reduction, n)?;
         sums[0] += batch_loss * n as f64;
         sums[1] += scalar(&monitored.loss)?;
@@ -396,7 +448,6 @@ pub fn evaluate<M: BatchModel + ?Sized>(
     device: &Device,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Evaluation> {
-    let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
     // The data order of an evaluation does not depend on `noise` (use Order::Sequential)
     // but a dynamic binarization would; keep it apart from the model noise.
     let mut data_noise = noise.substream(1);
@@ -408,11 +459,11 @@ pub fn evaluate<M: BatchModel + ?Sized>(
         let xs = &batch.images;
         let n = xs.dim(0)?;
         let out = vae.forward_batch(&batch, None, noise, false)?;
-        let elbo = loss.forward(&out, xs)?;
+        let elbo = monitor_loss(&out)?.forward(&out, xs)?;
         sums[0] += scalar(&elbo.loss)?;
         sums[1] += scalar(&elbo.reconstruction)?;
         sums[2] += scalar(&elbo.kl)?;
-        means.push(out.posterior.mean().detach());
+        means.push(out.posterior.location()?.detach());
         examples += n;
         on_batch(n);
     }
@@ -476,7 +527,6 @@ pub fn importance_sampled<M: BatchModel + ?Sized>(
     )?;
     let chunk = config.chunk_size;
     let chunk = (chunk / bound_k).max(1) * bound_k;
-    let groups = samples / bound_k;
     let mut data_noise = noise.substream(1);
     let (mut sum_elbo, mut sum_bound, mut sum_ll) = (0f64, 0f64, 0f64);
     let mut examples = 0;
@@ -484,41 +534,17 @@ pub fn importance_sampled<M: BatchModel + ?Sized>(
         let batch = batch?;
         let xs = &batch.images;
         let n = xs.dim(0)?;
-        // Per example: running log-sum-exp of all weights, sum of log w, and the sum
-        // over completed groups of k of their log-mean-exp.
-        let mut lse = vec![f64::NEG_INFINITY; n];
-        let mut total = vec![0f64; n];
-        let mut bound = vec![0f64; n];
+        let mut sums = WeightSums::new(n, bound_k, samples);
         let mut done = 0;
         while done < samples {
             let k = chunk.min(samples - done);
             let out = vae.forward_batch(&batch, Some(k), noise, false)?;
-            let log_w = log_importance_weights(&out, xs)?
-                .detach()
-                .to_dtype(DType::F64)?
-                .to_vec2::<f64>()?;
-            for (j, row) in log_w.iter().enumerate() {
-                let sample = done + j;
-                for (i, &lw) in row.iter().enumerate() {
-                    total[i] += lw;
-                    lse[i] = log_add_exp(lse[i], lw);
-                }
-                // Close a group of k samples (only whole groups count).
-                if (sample + 1) % bound_k == 0 && (sample + 1) / bound_k <= groups {
-                    let first = j + 1 - bound_k;
-                    for i in 0..n {
-                        let group = log_w[first..=j].iter().map(|r| r[i]);
-                        bound[i] += log_mean_exp(group, bound_k);
-                    }
-                }
-            }
+            sums.add_chunk(&log_importance_weights(&out, xs)?)?;
             done += k;
         }
-        for i in 0..n {
-            sum_elbo += total[i] / samples as f64;
-            sum_bound += bound[i] / groups as f64;
-            sum_ll += lse[i] - (samples as f64).ln();
-        }
+        sum_elbo += sums.elbo().iter().sum::<f64>();
+        sum_bound += sums.iwae_bound().iter().sum::<f64>();
+        sum_ll += sums.log_likelihood().iter().sum::<f64>();
         examples += n;
         on_batch(n);
     }
@@ -531,21 +557,4 @@ pub fn importance_sampled<M: BatchModel + ?Sized>(
         neg_iwae_bound: -sum_bound / count,
         nll: -sum_ll / count,
     })
-}
-
-fn log_add_exp(a: f64, b: f64) -> f64 {
-    let m = a.max(b);
-    if m == f64::NEG_INFINITY {
-        m
-    } else {
-        m + ((a - m).exp() + (b - m).exp()).ln()
-    }
-}
-
-fn log_mean_exp(values: impl Iterator<Item = f64> + Clone, k: usize) -> f64 {
-    let m = values.clone().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY {
-        return m;
-    }
-    m + (values.map(|v| (v - m).exp()).sum::<f64>() / k as f64).ln()
 }

@@ -1,15 +1,21 @@
-//! The variational auto-encoder: an encoder, a decoder and a likelihood, composed.
+//! The variational auto-encoder: an encoder, a decoder, a likelihood and a prior, composed.
+
+use std::any::TypeId;
 
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::component::{Decoder, Dims, EncoderT};
 use crate::distribution::DiagonalGaussian;
 use crate::error::Error;
-use crate::likelihood::Likelihood;
+use crate::likelihood::{Likelihood, StandardLikelihood};
+use crate::loss::{ElboLoss, ElboLossConfig, KlEstimator};
 use crate::noise::NoiseSource;
+use crate::prior::{Prior, StandardNormal};
+use crate::reparameterize::Reparameterize;
 
-/// A VAE (Kingma & Welling 2013): q(z|x) from the encoder, p(x|z) from the decoder and
-/// the likelihood, and the prior p(z) = N(0, I).
+/// A VAE (Kingma & Welling 2013): q(z|x) from the encoder (any [`Reparameterize`]
+/// family), p(x|z) from the decoder and the [`Likelihood`], and a [`Prior`] p(z)
+/// ([`StandardNormal`] unless [`with_prior`](Self::with_prior) sets another).
 ///
 /// `forward_t` runs the whole model on a batch and returns a [`VaeOutput`], which
 /// [`ElboLoss`](crate::ElboLoss) and the [`estimate`](crate::estimate) functions score.
@@ -29,28 +35,49 @@ use crate::noise::NoiseSource;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct Vae<E, D> {
+pub struct Vae<E, D, L = StandardLikelihood, P = StandardNormal> {
     encoder: E,
     decoder: D,
-    likelihood: Likelihood,
-    condition_dim: usize,
+    likelihood: L,
+    prior: P,
+    condition: Option<Condition>,
 }
 
-/// Everything one forward pass computes.
+/// How a conditional VAE feeds its condition to the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConditionLayout {
+    /// Appended to the flattened example (MLP encoders).
+    Flat,
+    /// Broadcast to constant planes after the image channels (convolutional encoders).
+    Planes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Condition {
+    dim: usize,
+    layout: ConditionLayout,
+}
+
+/// Everything one forward pass computes, with the model's likelihood and prior at hand so
+/// that [`ElboLoss`] and the estimators can score it.
 #[derive(Debug, Clone)]
-pub struct VaeOutput {
+pub struct VaeOutput<'m, Q = DiagonalGaussian, L = StandardLikelihood, P = StandardNormal> {
     /// The approximate posterior q(z|x), over `(N, D)`.
-    pub posterior: DiagonalGaussian,
+    pub posterior: Q,
+    /// The base noise ε the samples were drawn from, the shape of `z`.
+    pub eps: Tensor,
     /// The reparameterized latent samples: `(N, D)`, or `(K, N, D)` for K samples each.
     pub z: Tensor,
     /// The decoder's likelihood parameters in the data's layout: `(N, P·C, …)`, or
     /// `(K, N, P·C, …)` (see [`Likelihood`]).
     pub params: Tensor,
     /// The likelihood that scores `params`.
-    pub likelihood: Likelihood,
+    pub likelihood: &'m L,
+    /// The prior p(z).
+    pub prior: &'m P,
 }
 
-impl VaeOutput {
+impl<Q: Reparameterize, L: Likelihood, P: Prior> VaeOutput<'_, Q, L, P> {
     /// K, the number of posterior samples per example (1 for `forward_t`).
     pub fn samples(&self) -> usize {
         if self.z.rank() == 3 {
@@ -71,21 +98,21 @@ impl VaeOutput {
         self.likelihood.log_prob(xs, &self.params)
     }
 
-    /// log p(z) under the prior N(0, I): `(N,)` or `(K, N)`.
+    /// log p(z) under the prior: `(N,)` or `(K, N)`.
     ///
     /// # Errors
     /// Only candle's own.
     pub fn prior_log_prob(&self) -> candle_core::Result<Tensor> {
-        let (n, d) = self.posterior.mean().dims2()?;
-        DiagonalGaussian::standard(n, d, self.z.dtype(), self.z.device())?.log_prob(&self.z)
+        self.prior.log_prob(&self.z)
     }
 
-    /// log q(z|x) of the samples: `(N,)` or `(K, N)`.
+    /// log q(z|x) of the samples (through
+    /// [`Reparameterize::log_prob_of_sample`]): `(N,)` or `(K, N)`.
     ///
     /// # Errors
     /// Only candle's own.
     pub fn posterior_log_prob(&self) -> candle_core::Result<Tensor> {
-        self.posterior.log_prob(&self.z)
+        self.posterior.log_prob_of_sample(&self.eps, &self.z)
     }
 
     /// E[x|z] for every sample, in the data layout without the parameter groups.
@@ -107,21 +134,26 @@ enum Eps<'a> {
     Given(&'a Tensor),
 }
 
-impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
-    /// Composes a VAE, checking that the parts fit.
+impl<E, Dec, L> Vae<E, Dec, L, StandardNormal>
+where
+    E: EncoderT + Dims,
+    Dec: Decoder + Dims,
+    L: Likelihood,
+{
+    /// Composes a VAE with the prior N(0, I), checking that the parts fit.
     ///
     /// # Errors
     /// [`Error::LatentMismatch`] if the decoder does not take the encoder's latent width;
     /// [`Error::DataShapeMismatch`] if the decoder does not produce the encoder's data
     /// shape with the likelihood's parameters per element.
-    pub fn new(encoder: E, decoder: Dec, likelihood: Likelihood) -> crate::Result<Self> {
+    pub fn new(encoder: E, decoder: Dec, likelihood: L) -> crate::Result<Self> {
         Self::build(encoder, decoder, likelihood, 0)
     }
 
     fn build(
         encoder: E,
         decoder: Dec,
-        likelihood: Likelihood,
+        likelihood: L,
         condition_dim: usize,
     ) -> crate::Result<Self> {
         if encoder.latent_dim() + condition_dim != decoder.latent_dim() {
@@ -150,12 +182,86 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
                 params_per_element: groups,
             });
         }
+        let condition = (condition_dim > 0).then_some(Condition {
+            dim: condition_dim,
+            layout: if encoder_shape.len() == 1 {
+                ConditionLayout::Flat
+            } else {
+                ConditionLayout::Planes
+            },
+        });
+        let prior = StandardNormal::new(encoder.latent_dim())?;
         Ok(Self {
             encoder,
             decoder,
             likelihood,
-            condition_dim,
+            prior,
+            condition,
         })
+    }
+}
+
+impl<E, Dec, L, P> Vae<E, Dec, L, P>
+where
+    E: EncoderT,
+    Dec: Decoder,
+    L: Likelihood,
+    P: Prior,
+{
+    /// Composes a VAE from any parts, with no width checks before the first batch: for
+    /// encoders and decoders that do not implement [`Dims`] (a `candle_nn::seq()`, a
+    /// closure). Candle reports a mismatch at the first forward pass.
+    pub fn from_parts(encoder: E, decoder: Dec, likelihood: L, prior: P) -> Self {
+        Self {
+            encoder,
+            decoder,
+            likelihood,
+            prior,
+            condition: None,
+        }
+    }
+
+    /// The same VAE with another prior.
+    ///
+    /// # Errors
+    /// [`Error::LatentMismatch`] if `prior` is not over the model's latent width.
+    pub fn with_prior<P2: Prior>(self, prior: P2) -> crate::Result<Vae<E, Dec, L, P2>> {
+        if prior.latent_dim() != self.prior.latent_dim() {
+            return Err(Error::PriorMismatch {
+                model: self.prior.latent_dim(),
+                prior: prior.latent_dim(),
+            });
+        }
+        Ok(Vae {
+            encoder: self.encoder,
+            decoder: self.decoder,
+            likelihood: self.likelihood,
+            prior,
+            condition: self.condition,
+        })
+    }
+
+    /// The prior p(z).
+    pub fn prior(&self) -> &P {
+        &self.prior
+    }
+
+    /// An [`ElboLoss`] for this model, with the pair of posterior family and prior checked
+    /// here: [`KlEstimator::Analytic`] needs a closed form of KL(q ‖ p).
+    ///
+    /// # Errors
+    /// [`Error::NoAnalyticKl`] naming both types if the prior has no closed form for the
+    /// encoder's posterior family; [`Error::InvalidConfig`] for a bad config.
+    pub fn elbo_loss(&self, config: ElboLossConfig) -> crate::Result<ElboLoss> {
+        if config.kl_estimator == KlEstimator::Analytic
+            && !self.prior.has_analytic_kl(TypeId::of::<E::Posterior>())
+        {
+            return Err(Error::NoAnalyticKl {
+                prior: std::any::type_name::<P>(),
+                posterior: std::any::type_name::<E::Posterior>(),
+            });
+        }
+        ElboLoss::new(config)
     }
 
     /// The encoder.
@@ -169,13 +275,13 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
     }
 
     /// The likelihood p(x|z).
-    pub fn likelihood(&self) -> &Likelihood {
+    pub fn likelihood(&self) -> &L {
         &self.likelihood
     }
 
-    /// Width D of the latent code.
+    /// Width D of the latent code (the prior's).
     pub fn latent_dim(&self) -> usize {
-        self.encoder.latent_dim()
+        self.prior.latent_dim()
     }
 
     /// q(z|x) in evaluation mode.
@@ -185,7 +291,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
     ///
     /// # Errors
     /// If `xs` does not fit the encoder.
-    pub fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian> {
+    pub fn encode(&self, xs: &Tensor) -> candle_core::Result<E::Posterior> {
         self.encoder.encode_t(xs, false)
     }
 
@@ -211,7 +317,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         self.likelihood.mean(&self.decode(z)?, 1)
     }
 
-    /// `n` draws z ~ N(0, I) from the prior (in `dtype` on `device`, where the model's
+    /// `n` draws z ~ p(z) from the prior (in `dtype` on `device`, where the model's
     /// parameters live), decoded to E[x|z].
     ///
     /// # Errors
@@ -223,16 +329,17 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         device: &Device,
         noise: &mut NoiseSource,
     ) -> candle_core::Result<Tensor> {
-        let z = noise.standard_normal((n, self.latent_dim()), dtype, device)?;
+        let z = self.prior.sample(n, dtype, device, noise)?;
         self.generate(&z)
     }
 
-    /// E[x | z = μ(x)]: the reconstruction at the posterior mean.
+    /// E[x | z = location of q(z|x)]: the reconstruction at the posterior mean (see
+    /// [`Reparameterize::location`]).
     ///
     /// # Errors
     /// If `xs` does not fit the encoder.
     pub fn reconstruct(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        self.generate(self.encode(xs)?.mode())
+        self.generate(&self.encode(xs)?.location()?)
     }
 
     /// One forward pass: encode, draw one z per example, decode.
@@ -248,7 +355,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         xs: &Tensor,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         self.run(
             xs,
             None,
@@ -273,7 +380,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         k: usize,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         self.run(
             xs,
             None,
@@ -297,35 +404,32 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         xs: &Tensor,
         eps: &Tensor,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         self.run(xs, None, Eps::Given(eps), train)
     }
 
     fn encoder_input(&self, xs: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let Some(cond) = cond else {
+        let (Some(cond), Some(condition)) = (cond, self.condition) else {
             return Ok(xs.clone());
         };
         let n = xs.dim(0)?;
-        if cond.dims() != [n, self.condition_dim] {
+        let k = condition.dim;
+        if cond.dims() != [n, k] {
             return Err(Error::shape(
                 "ConditionalVae",
-                format!("a condition of shape ({n}, {})", self.condition_dim),
+                format!("a condition of shape ({n}, {k})"),
                 cond.dims(),
             )
             .into());
         }
         let cond = cond.to_dtype(xs.dtype())?;
-        if self.encoder.data_shape().len() == 1 {
-            Tensor::cat(&[&xs.flatten_from(1)?, &cond], 1)
-        } else {
-            let (_, _, h, w) = xs.dims4()?;
-            let planes = cond.reshape((n, self.condition_dim, 1, 1))?.broadcast_as((
-                n,
-                self.condition_dim,
-                h,
-                w,
-            ))?;
-            Tensor::cat(&[xs, &planes.contiguous()?], 1)
+        match condition.layout {
+            ConditionLayout::Flat => Tensor::cat(&[&xs.flatten_from(1)?, &cond], 1),
+            ConditionLayout::Planes => {
+                let (_, _, h, w) = xs.dims4()?;
+                let planes = cond.reshape((n, k, 1, 1))?.broadcast_as((n, k, h, w))?;
+                Tensor::cat(&[xs, &planes.contiguous()?], 1)
+            }
         }
     }
 
@@ -335,24 +439,18 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         cond: Option<&Tensor>,
         eps: Eps<'_>,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         let posterior = self
             .encoder
             .encode_t(&self.encoder_input(xs, cond)?, train)?;
-        let z = match eps {
-            Eps::Draw {
-                samples: None,
-                noise,
-            } => posterior.rsample(noise)?,
-            Eps::Draw {
-                samples: Some(k),
-                noise,
-            } => posterior.rsample_n(k, noise)?,
-            Eps::Given(eps) => posterior.rsample_with(eps)?,
+        let eps = match eps {
+            Eps::Draw { samples, noise } => posterior.draw_noise(samples, noise)?,
+            Eps::Given(eps) => eps.clone(),
         };
+        let z = posterior.rsample_with(&eps)?;
         let samples = if z.rank() == 3 { Some(z.dim(0)?) } else { None };
         let flat_z = match samples {
-            Some(k) => z.reshape((k * posterior.mean().dim(0)?, z.dim(D::Minus1)?))?,
+            Some(k) => z.reshape((k * z.dim(1)?, z.dim(D::Minus1)?))?,
             None => z.clone(),
         };
         let decoder_input = match cond {
@@ -370,9 +468,11 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
         let params = self.to_data_layout(&raw, xs, samples)?;
         Ok(VaeOutput {
             posterior,
+            eps,
             z,
             params,
-            likelihood: self.likelihood.clone(),
+            likelihood: &self.likelihood,
+            prior: &self.prior,
         })
     }
 
@@ -435,11 +535,16 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> Vae<E, Dec> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct ConditionalVae<E, D> {
-    inner: Vae<E, D>,
+pub struct ConditionalVae<E, D, L = StandardLikelihood, P = StandardNormal> {
+    inner: Vae<E, D, L, P>,
 }
 
-impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
+impl<E, Dec, L> ConditionalVae<E, Dec, L, StandardNormal>
+where
+    E: EncoderT + Dims,
+    Dec: Decoder + Dims,
+    L: Likelihood,
+{
     /// Composes a conditional VAE for conditions of width `condition_dim`.
     ///
     /// # Errors
@@ -448,7 +553,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
     pub fn new(
         encoder: E,
         decoder: Dec,
-        likelihood: Likelihood,
+        likelihood: L,
         condition_dim: usize,
     ) -> crate::Result<Self> {
         crate::error::ensure(
@@ -462,10 +567,41 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
             inner: Vae::build(encoder, decoder, likelihood, condition_dim)?,
         })
     }
+}
+
+impl<E, Dec, L, P> ConditionalVae<E, Dec, L, P>
+where
+    E: EncoderT,
+    Dec: Decoder,
+    L: Likelihood,
+    P: Prior,
+{
+    /// The same conditional VAE with another prior p(z) (the prior does not see y).
+    ///
+    /// # Errors
+    /// As [`Vae::with_prior`].
+    pub fn with_prior<P2: Prior>(self, prior: P2) -> crate::Result<ConditionalVae<E, Dec, L, P2>> {
+        Ok(ConditionalVae {
+            inner: self.inner.with_prior(prior)?,
+        })
+    }
+
+    /// The prior p(z).
+    pub fn prior(&self) -> &P {
+        &self.inner.prior
+    }
+
+    /// An [`ElboLoss`] for this model (see [`Vae::elbo_loss`]).
+    ///
+    /// # Errors
+    /// As [`Vae::elbo_loss`].
+    pub fn elbo_loss(&self, config: ElboLossConfig) -> crate::Result<ElboLoss> {
+        self.inner.elbo_loss(config)
+    }
 
     /// Width K of the condition.
     pub fn condition_dim(&self) -> usize {
-        self.inner.condition_dim
+        self.inner.condition.map_or(0, |c| c.dim)
     }
 
     /// The encoder.
@@ -479,7 +615,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
     }
 
     /// The likelihood p(x|z, y).
-    pub fn likelihood(&self) -> &Likelihood {
+    pub fn likelihood(&self) -> &L {
         &self.inner.likelihood
     }
 
@@ -495,7 +631,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
     ///
     /// # Errors
     /// If the shapes do not fit.
-    pub fn encode(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<DiagonalGaussian> {
+    pub fn encode(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<E::Posterior> {
         self.inner
             .encoder
             .encode_t(&self.inner.encoder_input(xs, Some(cond))?, false)
@@ -515,16 +651,15 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
             .mean(&self.inner.decoder.forward_t(&input, false)?, 1)
     }
 
-    /// One prior draw z ~ N(0, I) per row of `cond`, decoded to E[x|z, y].
+    /// One prior draw z ~ p(z) per row of `cond`, decoded to E[x|z, y].
     ///
     /// # Errors
     /// If `cond` is not `(N, K)` on the model's device.
     pub fn sample(&self, cond: &Tensor, noise: &mut NoiseSource) -> candle_core::Result<Tensor> {
-        let z = noise.standard_normal(
-            (cond.dim(0)?, self.latent_dim()),
-            cond.dtype(),
-            cond.device(),
-        )?;
+        let z = self
+            .inner
+            .prior
+            .sample(cond.dim(0)?, cond.dtype(), cond.device(), noise)?;
         self.generate(&z, cond)
     }
 
@@ -533,7 +668,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
     /// # Errors
     /// If the shapes do not fit.
     pub fn reconstruct(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor> {
-        self.generate(self.encode(xs, cond)?.mode(), cond)
+        self.generate(&self.encode(xs, cond)?.location()?, cond)
     }
 
     /// One forward pass with one z per example.
@@ -549,7 +684,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
         cond: &Tensor,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         self.inner.run(
             xs,
             Some(cond),
@@ -572,7 +707,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
         k: usize,
         noise: &mut NoiseSource,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         self.inner.run(
             xs,
             Some(cond),
@@ -594,7 +729,7 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> ConditionalVae<E, Dec> {
         cond: &Tensor,
         eps: &Tensor,
         train: bool,
-    ) -> candle_core::Result<VaeOutput> {
+    ) -> candle_core::Result<VaeOutput<'_, E::Posterior, L, P>> {
         self.inner.run(xs, Some(cond), Eps::Given(eps), train)
     }
 }

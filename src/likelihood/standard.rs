@@ -1,19 +1,20 @@
-//! Observation models p(x|z): how the decoder's output scores the data.
+//! The standard likelihoods of image VAEs: Bernoulli, continuous Bernoulli, Gaussian.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use super::{Likelihood, split_channels, split_params, sum_per_example};
 use crate::fused;
-use crate::ops;
-
-const LN_2PI: f64 = 1.837_877_066_409_345_3;
+use crate::noise::NoiseSource;
+use crate::ops::{self, LN_2PI};
 const LN_2: f64 = std::f64::consts::LN_2;
 /// Below this |logit| the continuous-Bernoulli terms use their Taylor series.
 const CB_TAYLOR_BELOW: f64 = 0.1;
 
-/// The decoder's output distribution p(x|z).
+/// The decoder's output distribution p(x|z) for images: a fixed menu that implements
+/// [`Likelihood`] (so a run can choose it from a flag), with the fused CPU kernels behind
+/// the Bernoulli case.
 ///
 /// The decoder produces *parameters* (logits or means, and for [`GaussianVariance::PerElement`]
 /// also log-variances); the likelihood turns them and the data into log p(x|z), summed over
@@ -34,7 +35,7 @@ const CB_TAYLOR_BELOW: f64 = 0.1;
 /// * [`Gaussian`](Self::Gaussian): log N(x; μ, e^s) = −½ [log 2π + s + (x − μ)² e^{−s}].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum Likelihood {
+pub enum StandardLikelihood {
     /// Bernoulli with logits: binary pixels, or grayscale pixels scored by cross-entropy.
     Bernoulli,
     /// Continuous Bernoulli with logits: a normalised density for pixels in [0, 1].
@@ -73,7 +74,7 @@ pub enum GaussianVariance {
     Shared(Tensor),
 }
 
-impl Likelihood {
+impl StandardLikelihood {
     /// A Gaussian with fixed σ and identity mean.
     ///
     /// # Errors
@@ -81,12 +82,12 @@ impl Likelihood {
     pub fn gaussian(std: f64) -> crate::Result<Self> {
         crate::error::ensure(
             std.is_finite() && std > 0.0,
-            "Likelihood::Gaussian",
+            "StandardLikelihood::Gaussian",
             "std",
             std,
             "must be finite and > 0",
         )?;
-        Ok(Likelihood::Gaussian {
+        Ok(StandardLikelihood::Gaussian {
             mean: GaussianMean::Identity,
             variance: GaussianVariance::Fixed { std },
         })
@@ -95,7 +96,7 @@ impl Likelihood {
     /// A Gaussian whose decoder predicts μ (through `mean`) and log σ² per element, as in
     /// Kingma & Welling (2013) for Frey Face.
     pub fn gaussian_per_element(mean: GaussianMean) -> Self {
-        Likelihood::Gaussian {
+        StandardLikelihood::Gaussian {
             mean,
             variance: GaussianVariance::PerElement,
         }
@@ -112,34 +113,10 @@ impl Likelihood {
         vb: VarBuilder,
     ) -> crate::Result<Self> {
         let log_var = vb.get_with_hints(1, "log_var", candle_nn::Init::Const(init_log_var))?;
-        Ok(Likelihood::Gaussian {
+        Ok(StandardLikelihood::Gaussian {
             mean,
             variance: GaussianVariance::Shared(log_var),
         })
-    }
-
-    /// How many parameters the decoder must produce per data element (1 or 2).
-    pub fn params_per_element(&self) -> usize {
-        match self {
-            Likelihood::Gaussian {
-                variance: GaussianVariance::PerElement,
-                ..
-            } => 2,
-            _ => 1,
-        }
-    }
-
-    /// A short name, for logs and checkpoint metadata.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Likelihood::Bernoulli => "bernoulli",
-            Likelihood::ContinuousBernoulli => "continuous-bernoulli",
-            Likelihood::Gaussian { variance, .. } => match variance {
-                GaussianVariance::Fixed { .. } => "gaussian-fixed",
-                GaussianVariance::PerElement => "gaussian-per-element",
-                GaussianVariance::Shared(_) => "gaussian-shared",
-            },
-        }
     }
 
     /// log p(x|z) for every element.
@@ -151,14 +128,19 @@ impl Likelihood {
     /// # Errors
     /// [`Error::Shape`] (inside candle's error) if `params` does not match `x` as above.
     pub fn log_prob_elements(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
-        let (first, second) = self.split(x, params)?;
+        let mut groups = split_params(self.name(), x, params, self.params_per_element())?
+            .into_iter();
+        let (first, second) = match (groups.next(), groups.next()) {
+            (Some(first), second) => (first, second),
+            (None, _) => return Err(candle_core::Error::Msg("no likelihood parameters".into())),
+        };
         match self {
-            Likelihood::Bernoulli => ops::binary_cross_entropy_with_logits(&first, x)?.neg(),
-            Likelihood::ContinuousBernoulli => {
+            StandardLikelihood::Bernoulli => ops::binary_cross_entropy_with_logits(&first, x)?.neg(),
+            StandardLikelihood::ContinuousBernoulli => {
                 let bernoulli = ops::binary_cross_entropy_with_logits(&first, x)?.neg()?;
                 bernoulli + continuous_bernoulli_log_norm(&first)?
             }
-            Likelihood::Gaussian { mean, variance } => {
+            StandardLikelihood::Gaussian { mean, variance } => {
                 let mu = match mean {
                     GaussianMean::Identity => first,
                     GaussianMean::Sigmoid => ops::sigmoid(&first)?,
@@ -187,92 +169,114 @@ impl Likelihood {
         }
     }
 
-    /// log p(x|z), summed over every element of each example.
-    ///
-    /// # Shapes
-    /// `x`: `(N, C, …)`; `params`: `(N, P·C, …)` → `(N,)`, or `(K, N, P·C, …)` → `(K, N)`.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] (inside candle's error) if `params` does not match `x`.
-    pub fn log_prob(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
-        if let Likelihood::Bernoulli = self {
-            if let Some(log_prob) = fused::elbo::try_bernoulli_log_prob(x, params)? {
-                return Ok(log_prob);
-            }
+}
+
+impl Likelihood for StandardLikelihood {
+    /// 2 for a Gaussian with per-element variance, else 1.
+    fn params_per_element(&self) -> usize {
+        match self {
+            StandardLikelihood::Gaussian {
+                variance: GaussianVariance::PerElement,
+                ..
+            } => 2,
+            _ => 1,
         }
-        let per_element = self.log_prob_elements(x, params)?;
-        let batch_axes = per_element.rank() + 1 - x.rank();
-        per_element.flatten_from(batch_axes)?.sum(D::Minus1)
     }
 
-    /// The mean E[x|z] of p(x|z): what reconstructions and samples show.
-    ///
-    /// Bernoulli: σ(l). Continuous Bernoulli: 1/(1 − e^{−l}) − 1/l (½ + l/12 − l³/720 near
-    /// 0), which is *not* σ(l). Gaussian: μ.
-    ///
-    /// # Shapes
-    /// `(…, P·C, …)` → `(…, C, …)`; the channel axis is axis 1 (axis 2 with a sample axis),
-    /// given by `channel_axis`.
-    ///
-    /// # Errors
-    /// If `params` has no axis `channel_axis` or it is not divisible by P.
-    pub fn mean(&self, params: &Tensor, channel_axis: usize) -> candle_core::Result<Tensor> {
-        let groups = self.params_per_element();
-        let channels = params.dim(channel_axis)?;
-        if channels % groups != 0 {
-            return Err(Error::shape(
-                "Likelihood::mean",
-                format!("a multiple of {groups} channels on axis {channel_axis}"),
-                params.dims(),
-            )
-            .into());
-        }
-        let first = params.narrow(channel_axis, 0, channels / groups)?;
+    fn name(&self) -> &str {
         match self {
-            Likelihood::Bernoulli => ops::sigmoid(&first),
-            Likelihood::ContinuousBernoulli => continuous_bernoulli_mean(&first),
-            Likelihood::Gaussian { mean, .. } => match mean {
-                GaussianMean::Identity => Ok(first),
-                GaussianMean::Sigmoid => ops::sigmoid(&first),
+            StandardLikelihood::Bernoulli => "bernoulli",
+            StandardLikelihood::ContinuousBernoulli => "continuous-bernoulli",
+            StandardLikelihood::Gaussian { variance, .. } => match variance {
+                GaussianVariance::Fixed { .. } => "gaussian-fixed",
+                GaussianVariance::PerElement => "gaussian-per-element",
+                GaussianVariance::Shared(_) => "gaussian-shared",
             },
         }
     }
 
-    /// Checks `params` against `x` and splits it into its parameter groups.
-    fn split(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let groups = self.params_per_element();
-        let xd = x.dims();
-        let pd = params.dims();
-        let sample_axes = pd.len().wrapping_sub(xd.len());
-        let fits = x.rank() >= 2
-            && sample_axes <= 1
-            && pd[sample_axes] == xd[0]
-            && pd[sample_axes + 1] == groups * xd[1]
-            && pd[sample_axes + 2..] == xd[2..];
-        if !fits {
-            let mut expected = xd.to_vec();
-            if expected.len() >= 2 {
-                expected[1] *= groups;
+    fn log_prob(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
+        if let StandardLikelihood::Bernoulli = self {
+            if let Some(log_prob) = fused::elbo::try_bernoulli_log_prob(x, params)? {
+                return Ok(log_prob);
             }
-            return Err(Error::shape(
-                "Likelihood::log_prob",
-                format!(
-                    "{} parameters of shape {expected:?} or (K, {expected:?}) for data of shape {xd:?}",
-                    self.name()
-                ),
-                pd,
-            )
-            .into());
         }
-        if groups == 1 {
-            return Ok((params.clone(), None));
-        }
-        let axis = sample_axes + 1;
-        Ok((
-            params.narrow(axis, 0, xd[1])?,
-            Some(params.narrow(axis, xd[1], xd[1])?),
-        ))
+        sum_per_example(&self.log_prob_elements(x, params)?, x.rank())
     }
+
+    /// Bernoulli: σ(l). Continuous Bernoulli: 1/(1 − e^{−l}) − 1/l (½ + l/12 − l³/720 near
+    /// 0), which is *not* σ(l). Gaussian: μ.
+    fn mean(&self, params: &Tensor, channel_axis: usize) -> candle_core::Result<Tensor> {
+        let groups = split_channels(params, channel_axis, self.params_per_element())?;
+        let first = &groups[0];
+        match self {
+            StandardLikelihood::Bernoulli => ops::sigmoid(first),
+            StandardLikelihood::ContinuousBernoulli => continuous_bernoulli_mean(first),
+            StandardLikelihood::Gaussian { mean, .. } => gaussian_mu(*mean, first),
+        }
+    }
+
+    /// Bernoulli: 1[u < σ(l)]. Continuous Bernoulli: the inverse CDF
+    /// log(1 + u(e^l − 1)) / l at u ~ U(0, 1) (u near l = 0). Gaussian: μ + σ·ε.
+    fn sample(
+        &self,
+        params: &Tensor,
+        channel_axis: usize,
+        noise: &mut NoiseSource,
+    ) -> candle_core::Result<Tensor> {
+        let groups = split_channels(params, channel_axis, self.params_per_element())?;
+        let first = &groups[0];
+        let (dtype, device) = (first.dtype(), first.device());
+        match self {
+            StandardLikelihood::Bernoulli => {
+                let u = noise.uniform(first.shape(), dtype, device)?;
+                u.lt(&ops::sigmoid(first)?)?.to_dtype(dtype)
+            }
+            StandardLikelihood::ContinuousBernoulli => {
+                let u = noise.uniform(first.shape(), dtype, device)?;
+                continuous_bernoulli_icdf(first, &u)
+            }
+            StandardLikelihood::Gaussian { mean, variance } => {
+                let mu = gaussian_mu(*mean, first)?;
+                let eps = noise.standard_normal(first.shape(), dtype, device)?;
+                let scaled = match variance {
+                    GaussianVariance::Fixed { std } => (eps * *std)?,
+                    GaussianVariance::PerElement => match groups.get(1) {
+                        Some(log_var) => (eps * (log_var * 0.5)?.exp()?)?,
+                        None => return Err(candle_core::Error::Msg("per-element Gaussian without log-variance".into())),
+                    },
+                    GaussianVariance::Shared(log_var) => {
+                        eps.broadcast_mul(&(log_var * 0.5)?.exp()?)?
+                    }
+                };
+                mu + scaled
+            }
+        }
+    }
+}
+
+fn gaussian_mu(mean: GaussianMean, first: &Tensor) -> candle_core::Result<Tensor> {
+    match mean {
+        GaussianMean::Identity => Ok(first.clone()),
+        GaussianMean::Sigmoid => ops::sigmoid(first),
+    }
+}
+
+/// The continuous Bernoulli's inverse CDF at u: log(1 + u(e^l − 1)) / l, computed as
+/// u + log1p-free form where it is stable; near l = 0 the distribution is uniform to first
+/// order and the Taylor form u + u(1 − u)·l/2 is used.
+fn continuous_bernoulli_icdf(logits: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
+    let near_zero = logits.abs()?.lt(CB_TAYLOR_BELOW)?;
+    let safe = near_zero.where_cond(&logits.ones_like()?, logits)?;
+    // log(1 + u(e^l − 1)) = l + log(u + (1 − u)e^{−l}) for l > 0, which does not overflow;
+    // for l < 0 the plain form is bounded.
+    let pos = safe.gt(0.0)?;
+    let one_minus_u = u.affine(-1.0, 1.0)?;
+    let plus = (safe.clone() + (u + (&one_minus_u * safe.neg()?.exp()?)?)?.log()?)?;
+    let minus = ((u * safe.exp()?.affine(1.0, -1.0)?)? + 1.0)?.log()?;
+    let closed = (pos.where_cond(&plus, &minus)? / &safe)?;
+    let taylor = (u + ((u * &one_minus_u)? * (logits * 0.5)?)?)?;
+    near_zero.where_cond(&taylor, &closed)?.clamp(0.0, 1.0)
 }
 
 /// log C(l) of the continuous Bernoulli, C(l) = l / tanh(l/2), with its Taylor series
