@@ -237,7 +237,13 @@ impl Reparameterize for DiagonalGaussian {
         let mut shape = Vec::with_capacity(self.mean.rank() + 1);
         if let Some(k) = samples {
             if k == 0 {
-                return Err(Error::config("DiagonalGaussian::draw_noise", "samples", k, "must be ≥ 1").into());
+                return Err(Error::config(
+                    "DiagonalGaussian::draw_noise",
+                    "samples",
+                    k,
+                    "must be ≥ 1",
+                )
+                .into());
             }
             shape.push(k);
         }

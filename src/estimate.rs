@@ -217,7 +217,12 @@ impl WeightSums {
         let rows = log_w.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
         for row in rows {
             if row.len() != self.lse.len() {
-                return Err(Error::shape("log importance weights", format!("(k, {})", self.lse.len()), &[1, row.len()]).into());
+                return Err(Error::shape(
+                    "log importance weights",
+                    format!("(k, {})", self.lse.len()),
+                    &[1, row.len()],
+                )
+                .into());
             }
             for (i, &lw) in row.iter().enumerate() {
                 self.total[i] += lw;

@@ -35,8 +35,20 @@ impl PlanarFlowConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the field and rule.
     pub fn validate(&self) -> crate::Result<()> {
-        ensure(self.latent_dim > 0, "PlanarFlowConfig", "latent_dim", self.latent_dim, "must be > 0")?;
-        ensure(self.steps > 0, "PlanarFlowConfig", "steps", self.steps, "must be > 0")?;
+        ensure(
+            self.latent_dim > 0,
+            "PlanarFlowConfig",
+            "latent_dim",
+            self.latent_dim,
+            "must be > 0",
+        )?;
+        ensure(
+            self.steps > 0,
+            "PlanarFlowConfig",
+            "steps",
+            self.steps,
+            "must be > 0",
+        )?;
         ensure(
             self.init_w_std.is_finite() && self.init_w_std > 0.0,
             "PlanarFlowConfig",
@@ -188,11 +200,18 @@ impl FlowPosterior {
         let mut z = z0.clone();
         let mut log_det: Option<Tensor> = None;
         for step in &self.steps {
-            let a = z.broadcast_mul(&step.w)?.sum_keepdim(D::Minus1)?.broadcast_add(&step.b)?;
+            let a = z
+                .broadcast_mul(&step.w)?
+                .sum_keepdim(D::Minus1)?
+                .broadcast_add(&step.b)?;
             let h = a.tanh()?;
             // tanh′(a) = 1 − tanh²(a)
             let slope = h.sqr()?.affine(-1.0, 1.0)?;
-            let ld = slope.broadcast_mul(&step.w_dot_u_hat)?.affine(1.0, 1.0)?.log()?.squeeze(D::Minus1)?;
+            let ld = slope
+                .broadcast_mul(&step.w_dot_u_hat)?
+                .affine(1.0, 1.0)?
+                .log()?
+                .squeeze(D::Minus1)?;
             z = (z + h.broadcast_mul(&step.u_hat)?)?;
             log_det = Some(match log_det {
                 None => ld,
@@ -238,7 +257,12 @@ impl Reparameterize for FlowPosterior {
         let z0 = self.base.rsample_with(eps)?;
         let (z_t, log_det) = self.forward_with_log_det(&z0)?;
         if z_t.dims() != z.dims() {
-            return Err(Error::shape("FlowPosterior::log_prob_of_sample", format!("z of the noise's shape {:?}", z_t.dims()), z.dims()).into());
+            return Err(Error::shape(
+                "FlowPosterior::log_prob_of_sample",
+                format!("z of the noise's shape {:?}", z_t.dims()),
+                z.dims(),
+            )
+            .into());
         }
         self.base.log_prob(&z0)? - log_det
     }

@@ -33,7 +33,7 @@
 //! let vb = params.var_builder(DType::F32, &device);
 //! let enc = MlpEncoder::new(&MlpEncoderConfig::new(784, &[400], 20), vb.pp("enc"))?;
 //! let dec = MlpDecoder::new(&MlpDecoderConfig::new(20, &[400], 784), vb.pp("dec"))?;
-//! let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+//! let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
 //! let loss = ElboLoss::new(ElboLossConfig::default().with_beta(1.0))?;
 //! let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3))?;
 //! let mut noise = NoiseSource::new(7);
@@ -97,8 +97,8 @@ pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
 pub use error::{Error, IdxProblem, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
-pub use layers::Activation;
 pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
+pub use layers::Activation;
 pub use likelihood::{GaussianMean, GaussianVariance, Likelihood, StandardLikelihood};
 pub use loss::{Elbo, ElboLoss, ElboLossConfig, KlEstimator, KlSchedule, Reduction};
 pub use mlp::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig};

@@ -282,7 +282,11 @@ impl ElboLoss {
     /// [`Error::NoAnalyticKl`](crate::Error::NoAnalyticKl) for an analytic KL the pair has
     /// no closed form for; [`Error::NoPerDimensionKl`](crate::Error::NoPerDimensionKl) for
     /// free bits on a pair that does not factorise.
-    pub fn forward<Q, L, P>(&self, out: &VaeOutput<'_, Q, L, P>, xs: &Tensor) -> candle_core::Result<Elbo>
+    pub fn forward<Q, L, P>(
+        &self,
+        out: &VaeOutput<'_, Q, L, P>,
+        xs: &Tensor,
+    ) -> candle_core::Result<Elbo>
     where
         Q: Reparameterize,
         L: Likelihood,
@@ -321,7 +325,12 @@ impl ElboLoss {
         P: Prior,
     {
         if xs.rank() == 0 || xs.dim(0)? == 0 {
-            return Err(Error::shape("ElboLoss::forward", "a batch of at least one example", xs.dims()).into());
+            return Err(Error::shape(
+                "ElboLoss::forward",
+                "a batch of at least one example",
+                xs.dims(),
+            )
+            .into());
         }
         let likelihood: &dyn Any = out.likelihood;
         let prior: &dyn Any = out.prior;

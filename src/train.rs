@@ -18,7 +18,7 @@
 //! let vb = params.var_builder(DType::F32, &device);
 //! let enc = MlpEncoder::new(&MlpEncoderConfig::new(16, &[8], 2), vb.pp("enc"))?;
 //! let dec = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], 16), vb.pp("dec"))?;
-//! let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+//! let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
 //! let mut adam = Adam::from_store(&params, AdamConfig::new(1e-2))?;
 //! let objective = Objective::Elbo(ElboLoss::new(ElboLossConfig::default())?);
 //! let mut state = TrainingState::new(7);

@@ -27,7 +27,7 @@ use crate::reparameterize::Reparameterize;
 /// let vb = params.var_builder(DType::F32, &Device::Cpu);
 /// let enc = MlpEncoder::new(&MlpEncoderConfig::new(6, &[8], 2), vb.pp("enc"))?;
 /// let dec = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], 6), vb.pp("dec"))?;
-/// let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+/// let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
 /// let xs = Tensor::ones((4, 6), DType::F32, &Device::Cpu)?;
 /// let out = vae.forward_t(&xs, &mut NoiseSource::new(1), true)?;
 /// assert_eq!(out.z.dims(), &[4, 2]);
@@ -150,12 +150,7 @@ where
         Self::build(encoder, decoder, likelihood, 0)
     }
 
-    fn build(
-        encoder: E,
-        decoder: Dec,
-        likelihood: L,
-        condition_dim: usize,
-    ) -> crate::Result<Self> {
+    fn build(encoder: E, decoder: Dec, likelihood: L, condition_dim: usize) -> crate::Result<Self> {
         if encoder.latent_dim() + condition_dim != decoder.latent_dim() {
             return Err(Error::LatentMismatch {
                 encoder: encoder.latent_dim(),
@@ -527,7 +522,7 @@ where
 /// let (data, labels, latent) = (6, 3, 2);
 /// let enc = MlpEncoder::new(&MlpEncoderConfig::new(data + labels, &[8], latent), vb.pp("enc"))?;
 /// let dec = MlpDecoder::new(&MlpDecoderConfig::new(latent + labels, &[8], data), vb.pp("dec"))?;
-/// let cvae = ConditionalVae::new(enc, dec, Likelihood::Bernoulli, labels)?;
+/// let cvae = ConditionalVae::new(enc, dec, StandardLikelihood::Bernoulli, labels)?;
 /// let xs = Tensor::ones((4, data), DType::F32, &Device::Cpu)?;
 /// let ys = candle_nn::encoding::one_hot(Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu)?, labels, 1f32, 0f32)?;
 /// let out = cvae.forward_t(&xs, &ys, &mut NoiseSource::new(1), true)?;

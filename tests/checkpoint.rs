@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use anyhow::{Result, bail, ensure};
 use candle_core::{DType, Module, Tensor};
 use candle_vae::{
-    Adam, AdamConfig, Checkpoint, ElboLoss, ElboLossConfig, Encoder, Error, Likelihood, MlpDecoder,
+    Adam, AdamConfig, Checkpoint, ElboLoss, ElboLossConfig, Encoder, Error, MlpDecoder,
     MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, NoiseState, ParamStore, Reduction,
-    Vae,
+    StandardLikelihood, Vae,
 };
 use common::{
     CPU, Snapshot, TempDir, assert_all_close, assert_bit_identical, assert_close,
@@ -22,7 +22,14 @@ type MlpVae = Vae<MlpEncoder, MlpDecoder>;
 
 fn model(seed: u64) -> Result<(ParamStore, MlpVae)> {
     let store = ParamStore::new(seed);
-    let vae = mlp_vae(&store, 10, &[8], 3, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &store,
+        10,
+        &[8],
+        3,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     Ok((store, vae))
 }
 
@@ -426,7 +433,7 @@ fn pytorch_state_dict_loads_and_matches_pytorch_outputs() -> Result<()> {
     torch_names.sort();
     assert_eq!(names, torch_names, "tensor names differ from PyTorch's");
     Checkpoint::load(&path, &CPU)?.restore(&store)?;
-    let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+    let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
 
     let x: Vec<f64> = (0..12)
         .map(|n| (((1.3 * n as f64).sin() + 1.0) / 2.0) as f32 as f64)

@@ -8,8 +8,8 @@ use anyhow::{Result, ensure};
 use candle_core::{DType, Module, Tensor};
 use candle_vae::{
     Adam, AdamConfig, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
-    ConvEncoderConfig, ElboLoss, ElboLossConfig, Encoder, ImageShape, Likelihood, MlpDecoder,
-    MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
+    ConvEncoderConfig, ElboLoss, ElboLossConfig, Encoder, ImageShape, MlpDecoder, MlpDecoderConfig,
+    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, StandardLikelihood,
 };
 use common::{CPU, assert_bit_identical, binary_prototypes, mlp_vae, scalar, tensor, values};
 
@@ -41,7 +41,7 @@ fn mlp_cvae(
     Ok(ConditionalVae::new(
         enc,
         dec,
-        Likelihood::Bernoulli,
+        StandardLikelihood::Bernoulli,
         labels,
     )?)
 }
@@ -133,7 +133,7 @@ fn conv_cvae_shapes_and_condition_paths() -> Result<()> {
         &ConvDecoderConfig::new(latent + labels, image, &[4, 8]).with_hidden(16),
         vb.pp("dec"),
     )?;
-    let cvae = ConditionalVae::new(enc, dec, Likelihood::ContinuousBernoulli, labels)?;
+    let cvae = ConditionalVae::new(enc, dec, StandardLikelihood::ContinuousBernoulli, labels)?;
     let xs = NoiseSource::new(2).uniform((4, 1, 8, 6), DType::F32, &CPU)?;
     let ys = one_hot(&[0, 1, 2, 1], labels)?;
     let other = one_hot(&[2, 0, 1, 0], labels)?;
@@ -213,7 +213,14 @@ fn cvae_beats_every_unconditional_model_when_the_label_determines_x() -> Result<
     })?;
 
     let store = ParamStore::new(7);
-    let vae = mlp_vae(&store, width, &[32], 2, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &store,
+        width,
+        &[32],
+        2,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     let mut opt = Adam::from_store(&store, AdamConfig::new(lr))?;
     let mut noise = NoiseSource::new(8);
     for _ in 0..steps {

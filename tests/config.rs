@@ -9,8 +9,9 @@ use candle_vae::estimate::log_likelihood;
 use candle_vae::{
     Adam, AdamConfig, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
     ConvEncoderConfig, DiagonalGaussian, ElboLoss, ElboLossConfig, Encoder, Error, GaussianMean,
-    ImageShape, ImportanceSamplingConfig, KlSchedule, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Vae, WeightDecay, parse_device,
+    ImageShape, ImportanceSamplingConfig, KlSchedule, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+    MlpEncoderConfig, NoiseSource, ParamStore, Reparameterize, StandardLikelihood, Vae,
+    WeightDecay, parse_device,
 };
 use common::{CPU, mlp_vae};
 
@@ -215,7 +216,7 @@ fn vae_rejects_parts_that_do_not_fit() -> Result<()> {
     match Vae::new(
         enc()?,
         MlpDecoder::new(&MlpDecoderConfig::new(3, &[4], 6), vb(&s).pp("d3"))?,
-        Likelihood::Bernoulli,
+        StandardLikelihood::Bernoulli,
     ) {
         Err(
             err @ Error::LatentMismatch {
@@ -233,7 +234,7 @@ fn vae_rejects_parts_that_do_not_fit() -> Result<()> {
     match Vae::new(
         enc()?,
         MlpDecoder::new(&MlpDecoderConfig::new(2, &[4], 5), vb(&s).pp("d5"))?,
-        Likelihood::Bernoulli,
+        StandardLikelihood::Bernoulli,
     ) {
         Err(err @ Error::DataShapeMismatch { .. }) => {
             let msg = err.to_string();
@@ -246,7 +247,7 @@ fn vae_rejects_parts_that_do_not_fit() -> Result<()> {
     match Vae::new(
         enc()?,
         dec6.clone(),
-        Likelihood::gaussian_per_element(GaussianMean::Identity),
+        StandardLikelihood::gaussian_per_element(GaussianMean::Identity),
     ) {
         Err(Error::DataShapeMismatch {
             expected,
@@ -257,14 +258,14 @@ fn vae_rejects_parts_that_do_not_fit() -> Result<()> {
     }
     // A conditional VAE needs the condition's width on both sides.
     expect_invalid(
-        ConditionalVae::new(enc()?, dec6.clone(), Likelihood::Bernoulli, 0),
+        ConditionalVae::new(enc()?, dec6.clone(), StandardLikelihood::Bernoulli, 0),
         "ConditionalVae",
         "condition_dim",
         "0",
         "> 0",
     )?;
     ensure!(matches!(
-        ConditionalVae::new(enc()?, dec6, Likelihood::Bernoulli, 3),
+        ConditionalVae::new(enc()?, dec6, StandardLikelihood::Bernoulli, 3),
         Err(Error::LatentMismatch {
             encoder: 2,
             decoder: 2,
@@ -356,7 +357,14 @@ fn sample_counts_must_be_positive() -> Result<()> {
     )?;
     // log_likelihood validates before sampling.
     let store = ParamStore::new(0);
-    let vae = mlp_vae(&store, 6, &[4], 2, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &store,
+        6,
+        &[4],
+        2,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     let xs = Tensor::zeros((2, 6), DType::F32, &CPU)?;
     expect_invalid(
         log_likelihood(
@@ -451,22 +459,22 @@ fn adam_config_rejects_bad_values() -> Result<()> {
 #[test]
 fn likelihood_and_device_reject_bad_values() -> Result<()> {
     expect_invalid(
-        Likelihood::gaussian(0.0),
-        "Likelihood::Gaussian",
+        StandardLikelihood::gaussian(0.0),
+        "StandardLikelihood::Gaussian",
         "std",
         "0.0",
         "> 0",
     )?;
     expect_invalid(
-        Likelihood::gaussian(-1.0),
-        "Likelihood::Gaussian",
+        StandardLikelihood::gaussian(-1.0),
+        "StandardLikelihood::Gaussian",
         "std",
         "-1.0",
         "> 0",
     )?;
     expect_invalid(
-        Likelihood::gaussian(f64::INFINITY),
-        "Likelihood::Gaussian",
+        StandardLikelihood::gaussian(f64::INFINITY),
+        "StandardLikelihood::Gaussian",
         "std",
         "inf",
         "finite",
@@ -536,7 +544,7 @@ fn run_time_shape_errors_name_the_shapes() -> Result<()> {
     let cvae = ConditionalVae::new(
         MlpEncoder::new(&MlpEncoderConfig::new(6 + 3, &[4], 2), vb(&s).pp("cve"))?,
         MlpDecoder::new(&MlpDecoderConfig::new(2 + 3, &[4], 6), vb(&s).pp("cvd"))?,
-        Likelihood::Bernoulli,
+        StandardLikelihood::Bernoulli,
         3,
     )?;
     let xs = Tensor::zeros((4, 6), DType::F32, &CPU)?;
@@ -549,7 +557,7 @@ fn run_time_shape_errors_name_the_shapes() -> Result<()> {
     ensure!(msg.contains("[4, 2]") && msg.contains("(4, 3)"), "{msg}");
 
     // ε of the wrong shape in the deterministic forward pass.
-    let vae = mlp_vae(&s, 6, &[4], 2, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(&s, 6, &[4], 2, StandardLikelihood::Bernoulli, DType::F32)?;
     let msg =
         message(vae.forward_with_noise_t(&xs, &Tensor::zeros((4, 3), DType::F32, &CPU)?, true))?;
     ensure!(msg.contains("[4, 3]") && msg.contains("[4, 2]"), "{msg}");

@@ -9,7 +9,8 @@ use anyhow::{Result, ensure};
 use candle_core::{DType, Module, Tensor};
 use candle_vae::{
     Activation, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, Dims, ElboLoss,
-    ElboLossConfig, Encoder, GaussianMean, ImageShape, Likelihood, NoiseSource, ParamStore, Vae,
+    ElboLossConfig, Encoder, GaussianMean, ImageShape, NoiseSource, ParamStore, StandardLikelihood,
+    Vae,
 };
 use common::{CPU, assert_close, scalar, tensor, values};
 
@@ -72,8 +73,11 @@ fn stage_sizes_follow_pytorchs_formulas() -> Result<()> {
 fn round_trip_shapes_for_many_image_sizes() -> Result<()> {
     for (c, h, w, stages) in GEOMETRIES {
         for (likelihood, p) in [
-            (Likelihood::Bernoulli, 1),
-            (Likelihood::gaussian_per_element(GaussianMean::Sigmoid), 2),
+            (StandardLikelihood::Bernoulli, 1),
+            (
+                StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid),
+                2,
+            ),
         ] {
             let store = ParamStore::new(1);
             let vb = store.var_builder(DType::F32, &CPU);

@@ -5,8 +5,8 @@ mod common;
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
 use candle_vae::{
-    Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+    MlpEncoderConfig, NoiseSource, ParamStore, StandardLikelihood,
 };
 use common::{CPU, Snapshot, assert_same_snapshot, mlp_vae, snapshot};
 
@@ -14,7 +14,14 @@ use common::{CPU, Snapshot, assert_same_snapshot, mlp_vae, snapshot};
 /// the final parameters.
 fn train(param_seed: u64, noise_seed: u64) -> Result<(Vec<u32>, Snapshot)> {
     let store = ParamStore::new(param_seed);
-    let vae = mlp_vae(&store, 12, &[16], 3, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &store,
+        12,
+        &[16],
+        3,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     let mut opt = Adam::from_store(&store, AdamConfig::new(1e-2))?;
     let loss = ElboLoss::new(ElboLossConfig::default())?;
     // The data come from their own fixed seed: only the two seeds under test vary.

@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use candle_vae::{DiagonalGaussian, NoiseSource};
+use candle_vae::{DiagonalGaussian, NoiseSource, Reparameterize};
 use common::{CPU, assert_all_close, assert_close, assert_within_se, mean_and_se, tensor, values};
 
 /// Monte-Carlo samples per distribution (the issue asks for ≥ 10⁵).

@@ -12,8 +12,8 @@ use candle_vae::estimate::{
 };
 use candle_vae::{
     ActiveUnits, DiagonalGaussian, Dims, ElboLoss, ElboLossConfig, Encoder,
-    ImportanceSamplingConfig, KlEstimator, Likelihood, MlpDecoder, MlpDecoderConfig, NoiseSource,
-    ParamStore, Vae,
+    ImportanceSamplingConfig, KlEstimator, MlpDecoder, MlpDecoderConfig, NoiseSource, ParamStore,
+    StandardLikelihood, Vae,
 };
 use common::{
     CPU, Matrix, assert_all_close, assert_close, mean_and_se, mvn_log_density, tensor, values,
@@ -146,7 +146,11 @@ impl Ppca {
                 other => anyhow::bail!("unexpected parameter {other}"),
             }
         }
-        Ok(Vae::new(encoder, dec, Likelihood::gaussian(SIGMA)?)?)
+        Ok(Vae::new(
+            encoder,
+            dec,
+            StandardLikelihood::gaussian(SIGMA)?,
+        )?)
     }
 }
 
@@ -199,6 +203,8 @@ impl FixedEncoder {
 }
 
 impl Encoder for FixedEncoder {
+    type Posterior = DiagonalGaussian;
+
     fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian> {
         let n = xs.dim(0)?;
         let mean = xs.matmul(&self.a_t)?.broadcast_add(&self.c)?;

@@ -290,9 +290,9 @@ fn a_few_epochs_of_frey_face_beat_the_untrained_model_widely() -> Result<()> {
     use candle_vae::data::{DataLoader, DataLoaderConfig, Order};
     use candle_vae::train::{Objective, TrainingState, evaluate, train_epoch};
     use candle_vae::{
-        Activation, Adam, AdamConfig, ElboLoss, ElboLossConfig, GaussianMean, Likelihood,
-        MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore,
-        Reduction, Vae,
+        Activation, Adam, AdamConfig, ElboLoss, ElboLossConfig, GaussianMean, MlpDecoder,
+        MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction,
+        StandardLikelihood, Vae,
     };
 
     let Some(dir) = real_data_dir("frey") else {
@@ -317,7 +317,7 @@ fn a_few_epochs_of_frey_face_beat_the_untrained_model_widely() -> Result<()> {
     let vae = Vae::new(
         encoder,
         decoder,
-        Likelihood::gaussian_per_element(GaussianMean::Sigmoid),
+        StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid),
     )?;
     let train = DataLoader::new(frey.train, DataLoaderConfig::new(100))?;
     let test = DataLoader::new(
@@ -372,8 +372,8 @@ fn training_functions_feed_a_conditional_vae_its_labels() -> Result<()> {
     use candle_vae::data::{DataLoader, DataLoaderConfig, Order};
     use candle_vae::train::evaluate;
     use candle_vae::{
-        ConditionalVae, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
-        MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction,
+        ConditionalVae, ElboLoss, ElboLossConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+        MlpEncoderConfig, NoiseSource, ParamStore, Reduction, StandardLikelihood,
     };
 
     let device = Device::Cpu;
@@ -382,7 +382,7 @@ fn training_functions_feed_a_conditional_vae_its_labels() -> Result<()> {
     let vb = params.var_builder(DType::F32, &device);
     let encoder = MlpEncoder::new(&MlpEncoderConfig::new(size + classes, &[8], 2), vb.pp("e"))?;
     let decoder = MlpDecoder::new(&MlpDecoderConfig::new(2 + classes, &[8], size), vb.pp("d"))?;
-    let cvae = ConditionalVae::new(encoder, decoder, Likelihood::Bernoulli, classes)?;
+    let cvae = ConditionalVae::new(encoder, decoder, StandardLikelihood::Bernoulli, classes)?;
     let pixels: Vec<u8> = (0..n * size).map(|i| (i * 53 % 256) as u8).collect();
     let labels: Vec<u8> = (0..n).map(|i| (i % classes) as u8).collect();
     let loader = |labels: Option<Vec<u8>>| -> Result<DataLoader> {

@@ -11,7 +11,7 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use candle_vae::fused::{self, FusedKernels, with_fused_kernels};
 use candle_vae::{
     ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ElboLoss, ElboLossConfig,
-    ImageShape, Likelihood, NoiseSource, ParamStore, Vae,
+    ImageShape, NoiseSource, ParamStore, StandardLikelihood, Vae,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -248,7 +248,7 @@ fn conv_vae_step(
         let vb = params.var_builder(DType::F32, &Device::Cpu);
         let enc = ConvEncoder::new(&ConvEncoderConfig::new(image, stages, 4), vb.pp("enc"))?;
         let dec = ConvDecoder::new(&ConvDecoderConfig::new(4, image, stages), vb.pp("dec"))?;
-        let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+        let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
         let mut noise = NoiseSource::new(6);
         let n = 6;
         let dims = [n, image.channels, image.height, image.width];

@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor, Var};
-use candle_vae::{GaussianMean, Likelihood, ParamStore};
+use candle_vae::{GaussianMean, Likelihood, ParamStore, StandardLikelihood};
 use common::{CPU, assert_all_close, assert_close, tensor, tensor_f32, values};
 
 /// f64 through a handful of operations on values ≤ 100: rounding stays below 1e-13.
@@ -47,7 +47,12 @@ fn cb_ref(x: f64, l: f64) -> f64 {
 }
 
 /// Per-element log p for `x` and logits `l` (both flat, laid out as one example).
-fn log_prob_elements(lik: &Likelihood, x: &[f64], l: &[f64], dtype: DType) -> Result<Vec<f64>> {
+fn log_prob_elements(
+    lik: &StandardLikelihood,
+    x: &[f64],
+    l: &[f64],
+    dtype: DType,
+) -> Result<Vec<f64>> {
     let n = x.len();
     let xs = tensor(x, &[1, n])?.to_dtype(dtype)?;
     let ls = tensor(l, &[1, n])?.to_dtype(dtype)?;
@@ -77,7 +82,7 @@ fn f32_tol(v: f64) -> f64 {
 fn bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     let (x, l) = extreme_grid();
     for dtype in [DType::F32, DType::F64] {
-        let got = log_prob_elements(&Likelihood::Bernoulli, &x, &l, dtype)?;
+        let got = log_prob_elements(&StandardLikelihood::Bernoulli, &x, &l, dtype)?;
         for i in 0..x.len() {
             ensure!(
                 got[i].is_finite(),
@@ -103,7 +108,7 @@ fn bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     // Spot values by hand: a confident right answer costs nothing, a confident wrong one
     // costs |l| nats, x = ½ costs half of that, l = 0 costs ln 2 for any x.
     let got = log_prob_elements(
-        &Likelihood::Bernoulli,
+        &StandardLikelihood::Bernoulli,
         &[1.0, 0.0, 0.5, 0.0, 1.0, 0.5],
         &[100.0, 100.0, 100.0, -100.0, -100.0, 0.0],
         DType::F32,
@@ -119,7 +124,7 @@ fn bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
 fn continuous_bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     let (x, l) = extreme_grid();
     for dtype in [DType::F32, DType::F64] {
-        let got = log_prob_elements(&Likelihood::ContinuousBernoulli, &x, &l, dtype)?;
+        let got = log_prob_elements(&StandardLikelihood::ContinuousBernoulli, &x, &l, dtype)?;
         for i in 0..x.len() {
             ensure!(
                 got[i].is_finite(),
@@ -149,7 +154,7 @@ fn continuous_bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> 
     // density is the Bernoulli's times 100; at l = 0 it is the uniform density, log 1 = 0.
     let ln100 = 100f64.ln();
     let got = log_prob_elements(
-        &Likelihood::ContinuousBernoulli,
+        &StandardLikelihood::ContinuousBernoulli,
         &[1.0, 0.0, 0.5, 0.0, 0.3],
         &[100.0, 100.0, 100.0, -100.0, 0.0],
         DType::F64,
@@ -168,11 +173,21 @@ fn continuous_bernoulli_taylor_branch_meets_closed_form() -> Result<()> {
         0.0, 1e-6, -1e-3, 0.05, -0.0999, 0.0999, 0.1, -0.1, 0.1001, 0.2,
     ];
     let x = vec![0.7; logits.len()];
-    let got = log_prob_elements(&Likelihood::ContinuousBernoulli, &x, &logits, DType::F64)?;
+    let got = log_prob_elements(
+        &StandardLikelihood::ContinuousBernoulli,
+        &x,
+        &logits,
+        DType::F64,
+    )?;
     for (i, l) in logits.iter().enumerate() {
         assert_close(&format!("CB l={l}"), got[i], cb_ref(0.7, *l), 1e-9)?;
     }
-    let got32 = log_prob_elements(&Likelihood::ContinuousBernoulli, &x, &logits, DType::F32)?;
+    let got32 = log_prob_elements(
+        &StandardLikelihood::ContinuousBernoulli,
+        &x,
+        &logits,
+        DType::F32,
+    )?;
     for (i, l) in logits.iter().enumerate() {
         assert_close(
             &format!("f32 CB l={l}"),
@@ -218,8 +233,12 @@ fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
     let (grid, weights) = simpson(20_000);
     for l in INTEGRATION_LOGITS {
         let logits = vec![l; grid.len()];
-        let log_p =
-            log_prob_elements(&Likelihood::ContinuousBernoulli, &grid, &logits, DType::F64)?;
+        let log_p = log_prob_elements(
+            &StandardLikelihood::ContinuousBernoulli,
+            &grid,
+            &logits,
+            DType::F64,
+        )?;
         let integral: f64 = log_p.iter().zip(&weights).map(|(lp, w)| lp.exp() * w).sum();
         assert_close(
             &format!("∫ CB(x; l={l}) dx"),
@@ -231,7 +250,7 @@ fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
     // The Bernoulli "density" on [0, 1] is *not* normalised (that is the point of the
     // continuous Bernoulli): at l = 0 it is ½ everywhere.
     let log_p = log_prob_elements(
-        &Likelihood::Bernoulli,
+        &StandardLikelihood::Bernoulli,
         &grid,
         &vec![0.0; grid.len()],
         DType::F64,
@@ -244,7 +263,7 @@ fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
 #[test]
 fn continuous_bernoulli_mean_matches_numerical_integration() -> Result<()> {
     let (grid, weights) = simpson(20_000);
-    let lik = Likelihood::ContinuousBernoulli;
+    let lik = StandardLikelihood::ContinuousBernoulli;
     let means = values(&lik.mean(
         &tensor(&INTEGRATION_LOGITS, &[1, INTEGRATION_LOGITS.len()])?,
         1,
@@ -290,13 +309,13 @@ fn means_of_the_other_likelihoods() -> Result<()> {
     let sig: Vec<f64> = l.iter().map(|&v| sigmoid(v)).collect();
     assert_all_close(
         "Bernoulli mean",
-        &values(&Likelihood::Bernoulli.mean(&params, 1)?)?,
+        &values(&StandardLikelihood::Bernoulli.mean(&params, 1)?)?,
         &sig,
         F64_TOL,
     )?;
     assert_all_close(
         "Gaussian mean",
-        &values(&Likelihood::gaussian(0.3)?.mean(&params, 1)?)?,
+        &values(&StandardLikelihood::gaussian(0.3)?.mean(&params, 1)?)?,
         &l,
         0.0,
     )?;
@@ -305,7 +324,7 @@ fn means_of_the_other_likelihoods() -> Result<()> {
     let raw: Vec<f64> = (0..2 * 3 * 4).map(|i| i as f64 * 0.1 - 1.0).collect();
     // K = 1, N = 2, P·C = 4 (C = 2), 3 elements per channel.
     let params = tensor(&raw, &[1, 2, 4, 3])?;
-    let lik = Likelihood::gaussian_per_element(GaussianMean::Sigmoid);
+    let lik = StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid);
     let mean = lik.mean(&params, 2)?;
     assert_eq!(mean.dims(), &[1, 2, 2, 3]);
     let expected: Vec<f64> = (0..2)
@@ -331,7 +350,7 @@ fn gaussian_fixed_std_matches_hand_computation() -> Result<()> {
     // One example of 4 elements, σ = 0.5.
     let x = [0.2, -1.0, 3.0, 0.0];
     let mu = [0.0, -0.5, 2.0, 0.0];
-    let lik = Likelihood::gaussian(0.5)?;
+    let lik = StandardLikelihood::gaussian(0.5)?;
     let got = values(&lik.log_prob(&tensor(&x, &[1, 4])?, &tensor(&mu, &[1, 4])?)?)?;
     // By hand: Σ −(x−μ)²/(2·0.25) − 4·ln 0.5 − 4·½ ln 2π
     //        = −(0.04 + 0.25 + 1 + 0)·2 + 4 ln 2 − 2 ln 2π = −2.58 + 2.772588722 − 3.675754133.
@@ -359,7 +378,7 @@ fn gaussian_per_element_matches_hand_computation() -> Result<()> {
         (GaussianMean::Identity, (|v: f64| v) as fn(f64) -> f64),
         (GaussianMean::Sigmoid, sigmoid as fn(f64) -> f64),
     ] {
-        let lik = Likelihood::gaussian_per_element(mean);
+        let lik = StandardLikelihood::gaussian_per_element(mean);
         assert_eq!(lik.params_per_element(), 2);
         let got = values(&lik.log_prob(&xs, &ps)?)?;
         let want: Vec<f64> = (0..2)
@@ -381,7 +400,7 @@ fn gaussian_per_element_matches_hand_computation() -> Result<()> {
 fn gaussian_shared_variance_matches_hand_computation() -> Result<()> {
     let store = ParamStore::new(0);
     let vb = store.var_builder(DType::F64, &CPU);
-    let lik = Likelihood::gaussian_shared(GaussianMean::Identity, 0.3, vb.pp("lik"))?;
+    let lik = StandardLikelihood::gaussian_shared(GaussianMean::Identity, 0.3, vb.pp("lik"))?;
     // The shared log σ² is a trainable parameter named lik.log_var, initialised to 0.3.
     let vars = store.named_vars()?;
     assert_eq!(vars.len(), 1);
@@ -410,7 +429,10 @@ fn log_prob_sums_over_elements_and_keeps_sample_axis() -> Result<()> {
     let l: Vec<f64> = (0..24).map(|i| (i as f64 * 0.9).sin() * 4.0).collect();
     let xs = tensor(&x, &[2, 1, 2, 2])?;
     let ps = tensor(&l, &[3, 2, 1, 2, 2])?;
-    for lik in [Likelihood::Bernoulli, Likelihood::ContinuousBernoulli] {
+    for lik in [
+        StandardLikelihood::Bernoulli,
+        StandardLikelihood::ContinuousBernoulli,
+    ] {
         let got = lik.log_prob(&xs, &ps)?;
         assert_eq!(got.dims(), &[3, 2]);
         let got = values(&got)?;
@@ -420,7 +442,7 @@ fn log_prob_sums_over_elements_and_keeps_sample_axis() -> Result<()> {
                     .map(|e| {
                         let (xv, lv) = (x[n * 4 + e], l[k * 8 + n * 4 + e]);
                         match lik {
-                            Likelihood::Bernoulli => bernoulli_ref(xv, lv),
+                            StandardLikelihood::Bernoulli => bernoulli_ref(xv, lv),
                             _ => cb_ref(xv, lv),
                         }
                     })
@@ -442,7 +464,7 @@ fn log_prob_sums_over_elements_and_keeps_sample_axis() -> Result<()> {
 fn log_prob_rejects_mismatched_parameters() -> Result<()> {
     let xs = Tensor::zeros((2, 5), DType::F32, &CPU)?;
     let ps = Tensor::zeros((2, 4), DType::F32, &CPU)?;
-    let err = Likelihood::Bernoulli
+    let err = StandardLikelihood::Bernoulli
         .log_prob(&xs, &ps)
         .err()
         .ok_or_else(|| anyhow::anyhow!("mismatched parameters accepted"))?;
@@ -452,7 +474,7 @@ fn log_prob_rejects_mismatched_parameters() -> Result<()> {
         "message: {msg}"
     );
     // A per-element Gaussian needs twice the channels.
-    let lik = Likelihood::gaussian_per_element(GaussianMean::Identity);
+    let lik = StandardLikelihood::gaussian_per_element(GaussianMean::Identity);
     ensure!(
         lik.log_prob(&xs, &Tensor::zeros((2, 5), DType::F32, &CPU)?)
             .is_err()
@@ -479,7 +501,10 @@ fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
         -100.0, -20.0, -0.5, -0.05, -1e-4, 0.0, 0.03, 0.0999, 0.1, 2.0, 100.0,
     ];
     for xv in [0.0, 0.5, 1.0] {
-        for lik in [Likelihood::Bernoulli, Likelihood::ContinuousBernoulli] {
+        for lik in [
+            StandardLikelihood::Bernoulli,
+            StandardLikelihood::ContinuousBernoulli,
+        ] {
             for dtype in [DType::F64, DType::F32] {
                 let l = Var::from_tensor(&tensor(&logits, &[1, logits.len()])?.to_dtype(dtype)?)?;
                 let xs = Tensor::full(xv, (1, logits.len()), &CPU)?.to_dtype(dtype)?;
@@ -493,7 +518,7 @@ fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
                     ensure!(g[i].is_finite(), "{what}: {}", g[i]);
                     // d/dl [x·l − softplus(l)] = x − σ(l); the CB adds d log C / dl.
                     let mut want = xv - sigmoid(*lv);
-                    if matches!(lik, Likelihood::ContinuousBernoulli) {
+                    if matches!(lik, StandardLikelihood::ContinuousBernoulli) {
                         want += cb_log_norm_grad(*lv);
                     }
                     // f64: the Taylor branch's derivative l/6 − 7l³/360 omits

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use candle_vae::{
     Activation, DiagonalGaussian, ElboLoss, ElboLossConfig, GaussianMean, KlEstimator, KlSchedule,
     Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
-    ParamStore, Reduction, Vae, VaeOutput,
+    ParamStore, Reduction, Reparameterize, StandardLikelihood, StandardNormal, Vae, VaeOutput,
 };
 use common::{
     CPU, LN_2PI, assert_all_close, assert_close, assert_within_se, mean_and_se, scalar, tensor,
@@ -23,12 +23,20 @@ const N: usize = 3;
 const D: usize = 4;
 const P: usize = 5;
 
+/// The per-dimension KL, which a Gaussian posterior and N(0, I) always have.
+fn per_dim(elbo: &candle_vae::Elbo) -> Result<&Tensor> {
+    elbo.kl_per_dim
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no per-dimension KL for a Gaussian pair"))
+}
+
 /// Hand-chosen posterior, data and decoder logits; the KL per dimension spans 0.002 to 2.
 struct Case {
     mean: Vec<f64>,
     log_var: Vec<f64>,
     x: Vec<f64>,
     logits: Vec<f64>,
+    prior: StandardNormal,
 }
 
 fn case() -> Case {
@@ -53,6 +61,7 @@ fn case() -> Case {
             -0.3, -4.0, 1.5, 0.0, 2.2, //
             1.0, 0.7, -0.9, 0.1, -1.3,
         ],
+        prior: StandardNormal::new(D).unwrap_or_else(|e| panic!("{e}")),
     }
 }
 
@@ -64,12 +73,14 @@ impl Case {
         )?)
     }
 
-    fn output(&self, posterior: DiagonalGaussian, z: Tensor) -> Result<VaeOutput> {
+    fn output(&self, posterior: DiagonalGaussian, z: Tensor) -> Result<VaeOutput<'_>> {
         Ok(VaeOutput {
+            eps: z.zeros_like()?,
             posterior,
             z,
             params: tensor(&self.logits, &[N, P])?,
-            likelihood: Likelihood::Bernoulli,
+            likelihood: &StandardLikelihood::Bernoulli,
+            prior: &self.prior,
         })
     }
 
@@ -131,7 +142,7 @@ fn parts_match_hand_computation() -> Result<()> {
     assert_close("loss", scalar(&elbo.loss)?, recon + kl, TOL)?;
     assert_all_close(
         "kl_per_dim",
-        &values(&elbo.kl_per_dim)?,
+        &values(per_dim(&elbo)?)?,
         &c.kl_per_dim(),
         TOL,
     )?;
@@ -220,8 +231,8 @@ fn reductions_sum_and_batch_mean() -> Result<()> {
     // Diagnostics do not depend on the reduction.
     assert_all_close(
         "kl_per_dim",
-        &values(&sum.kl_per_dim)?,
-        &values(&batch_mean.kl_per_dim)?,
+        &values(per_dim(&sum)?)?,
+        &values(per_dim(&batch_mean)?)?,
         0.0,
     )?;
     assert_all_close(
@@ -458,9 +469,11 @@ fn monte_carlo_kl_agrees_with_analytic_kl_in_expectation() -> Result<()> {
         .contiguous()?;
     let out = VaeOutput {
         posterior,
+        eps: z.zeros_like()?,
         z: z.clone(),
         params,
-        likelihood: Likelihood::Bernoulli,
+        likelihood: &StandardLikelihood::Bernoulli,
+        prior: &c.prior,
     };
     let mc = ElboLoss::new(ElboLossConfig::default().with_kl_estimator(KlEstimator::MonteCarlo))?
         .forward(&out, &c.xs()?)?;
@@ -489,9 +502,9 @@ fn monte_carlo_kl_agrees_with_analytic_kl_in_expectation() -> Result<()> {
     )?;
     assert_close("analytic kl", scalar(&analytic.kl)?, mean(&c.kl_n()), TOL)?;
     // Per dimension too (kl_per_dim averages the samples per dimension).
-    for (d, (m, a)) in values(&mc.kl_per_dim)?
+    for (d, (m, a)) in values(per_dim(&mc)?)?
         .iter()
-        .zip(values(&analytic.kl_per_dim)?)
+        .zip(values(per_dim(&analytic)?)?)
         .enumerate()
     {
         // Each dimension's SE is below the total's; 4·(total SE) is a looser bound.
@@ -519,9 +532,11 @@ fn multi_sample_reconstruction_is_the_mean_over_samples() -> Result<()> {
     both.extend_from_slice(&second);
     let out = VaeOutput {
         posterior: c.posterior()?,
+        eps: Tensor::zeros((2, N, D), DType::F64, &CPU)?,
         z: Tensor::zeros((2, N, D), DType::F64, &CPU)?,
         params: tensor(&both, &[2, N, P])?,
-        likelihood: Likelihood::Bernoulli,
+        likelihood: &StandardLikelihood::Bernoulli,
+        prior: &c.prior,
     };
     let elbo = ElboLoss::new(ElboLossConfig::default())?.forward(&out, &c.xs()?)?;
     let other = Case {
@@ -534,7 +549,10 @@ fn multi_sample_reconstruction_is_the_mean_over_samples() -> Result<()> {
 }
 
 /// A small smooth (tanh) VAE in f64 for finite differences.
-fn small_vae(likelihood: Likelihood, store: &ParamStore) -> Result<Vae<MlpEncoder, MlpDecoder>> {
+fn small_vae(
+    likelihood: StandardLikelihood,
+    store: &ParamStore,
+) -> Result<Vae<MlpEncoder, MlpDecoder>> {
     let vb = store.var_builder(DType::F64, &CPU);
     let enc = MlpEncoder::new(
         &MlpEncoderConfig::new(P, &[4], 2).with_activation(Activation::Tanh),
@@ -556,17 +574,17 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
     let eps = tensor(&[0.3, -1.1, 0.8, 0.2, -0.5, 1.7], &[N, 2])?;
     let configs = [
         (
-            Likelihood::Bernoulli,
+            StandardLikelihood::Bernoulli,
             ElboLossConfig::default().with_beta(1.5),
         ),
         (
-            Likelihood::ContinuousBernoulli,
+            StandardLikelihood::ContinuousBernoulli,
             ElboLossConfig::default()
                 .with_kl_estimator(KlEstimator::MonteCarlo)
                 .with_reduction(Reduction::Sum),
         ),
         (
-            Likelihood::gaussian_per_element(GaussianMean::Sigmoid),
+            StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid),
             ElboLossConfig::default().with_beta(0.7),
         ),
     ];
@@ -577,11 +595,9 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
         // is clamped and one is not (and neither within a step of the kink).
         let config = if case_index == 0 {
             let out = vae.forward_with_noise_t(&xs, &eps, true)?;
-            let kl_d = values(
-                &ElboLoss::new(config.clone())?
-                    .forward(&out, &xs)?
-                    .kl_per_dim,
-            )?;
+            let kl_d = values(per_dim(
+                &ElboLoss::new(config.clone())?.forward(&out, &xs)?,
+            )?)?;
             let lambda = 0.5 * (kl_d[0] + kl_d[1]);
             ensure!(
                 (kl_d[0] - kl_d[1]).abs() > 1e-3,
@@ -647,7 +663,7 @@ fn mlp_vae_on_image_shaped_data_scores_like_flat_data() -> Result<()> {
         20,
         &[8],
         2,
-        Likelihood::gaussian_per_element(GaussianMean::Sigmoid),
+        StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid),
         DType::F32,
     )?;
     let flat = NoiseSource::new(1).uniform((3, 20), DType::F32, &CPU)?;

@@ -9,8 +9,8 @@ use candle_core::{DType, Device};
 use candle_vae::data::{DataLoader, DataLoaderConfig, Mnist, Order};
 use candle_vae::train::{Objective, TrainingState, evaluate, train_epoch};
 use candle_vae::{
-    Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction, Vae,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+    MlpEncoderConfig, NoiseSource, ParamStore, Reduction, StandardLikelihood, Vae,
 };
 
 fn real_mnist_dir() -> Option<PathBuf> {
@@ -74,7 +74,7 @@ fn one_short_epoch_beats_the_factorised_bound() -> Result<()> {
     let vb = params.var_builder(DType::F32, &device);
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(784, &[400], 20), vb.clone())?;
     let dec = MlpDecoder::new(&MlpDecoderConfig::new(20, &[400], 784), vb)?;
-    let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+    let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
     let mut adam = Adam::from_store(&params, AdamConfig::new(1e-3))?;
     let objective = Objective::Elbo(ElboLoss::new(
         ElboLossConfig::default().with_reduction(Reduction::Sum),

@@ -6,7 +6,7 @@ mod common;
 
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor, Var};
-use candle_vae::{DiagonalGaussian, NoiseSource, NoiseState};
+use candle_vae::{DiagonalGaussian, NoiseSource, NoiseState, Reparameterize};
 use common::{
     CPU, assert_all_close, assert_bit_identical, assert_close, assert_within_se, mean_and_se,
     tensor, values,

@@ -10,8 +10,8 @@ use candle_vae::{
     Activation, ActiveUnits, Adam, AdamConfig, Checkpoint, ConditionalVae, ConvDecoder,
     ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, DiagonalGaussian, Elbo, ElboLoss,
     ElboLossConfig, Error, GaussianMean, GaussianVariance, ImageShape, KlEstimator, KlSchedule,
-    Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
-    NoiseState, ParamStore, Reduction, Vae, VaeOutput, WeightDecay,
+    MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, NoiseState,
+    ParamStore, Reduction, StandardLikelihood, StandardNormal, Vae, VaeOutput, WeightDecay,
 };
 use common::{CPU, assert_bit_identical, mlp_vae};
 
@@ -41,7 +41,8 @@ const _: () = {
     assert_send_sync::<ImportanceSamplingConfig>();
     assert_send_sync::<KlEstimator>();
     assert_send_sync::<KlSchedule>();
-    assert_send_sync::<Likelihood>();
+    assert_send_sync::<StandardLikelihood>();
+    assert_send_sync::<StandardNormal>();
     assert_send_sync::<MlpDecoder>();
     assert_send_sync::<MlpDecoderConfig>();
     assert_send_sync::<MlpEncoder>();
@@ -60,7 +61,14 @@ const _: () = {
 #[test]
 fn a_model_and_its_noise_run_on_another_thread() -> Result<()> {
     let store = ParamStore::new(1);
-    let vae = mlp_vae(&store, 8, &[6], 2, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &store,
+        8,
+        &[6],
+        2,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     let xs = NoiseSource::new(2).uniform((4, 8), DType::F32, &CPU)?;
     let here = vae.forward_t(&xs, &mut NoiseSource::new(3), false)?.params;
     // Shared by reference across a scoped thread (Sync), and the noise moved into it (Send).

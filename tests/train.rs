@@ -10,9 +10,9 @@ use candle_vae::train::{
     EpochSummary, Evaluation, Objective, TrainingState, evaluate, importance_sampled, train_epoch,
 };
 use candle_vae::{
-    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, Likelihood,
-    MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction,
-    Vae,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, MlpDecoder,
+    MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction,
+    StandardLikelihood, Vae,
 };
 
 type MlpVae = Vae<MlpEncoder, MlpDecoder>;
@@ -37,7 +37,7 @@ fn model(seed: u64) -> Result<(ParamStore, MlpVae, Adam)> {
     let vb = params.var_builder(DType::F32, &Device::Cpu);
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(36, &[16], 3), vb.clone())?;
     let dec = MlpDecoder::new(&MlpDecoderConfig::new(3, &[16], 36), vb)?;
-    let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+    let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
     let adam = Adam::from_store(&params, AdamConfig::new(3e-3))?;
     Ok((params, vae, adam))
 }

@@ -5,7 +5,9 @@ mod common;
 
 use anyhow::{Result, ensure};
 use candle_core::DType;
-use candle_vae::{Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, NoiseSource, ParamStore};
+use candle_vae::{
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, NoiseSource, ParamStore, StandardLikelihood,
+};
 use common::{binary_prototypes, mlp_vae, scalar, tensor};
 
 const WIDTH: usize = 16;
@@ -47,7 +49,14 @@ fn tiny_vae_learns_structure_in_300_steps() -> Result<()> {
     let target = independent - 3.0;
 
     let store = ParamStore::new(3);
-    let vae = mlp_vae(&store, WIDTH, &[32], 2, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &store,
+        WIDTH,
+        &[32],
+        2,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     let mut opt = Adam::from_store(&store, AdamConfig::new(1e-2))?;
     let loss = ElboLoss::new(ElboLossConfig::default())?;
     let mut noise = NoiseSource::new(4);

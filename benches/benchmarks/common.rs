@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_vae::{
-    Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction, Vae,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+    MlpEncoderConfig, NoiseSource, ParamStore, Reduction, StandardLikelihood, Vae,
 };
 use criterion::Criterion;
 
@@ -44,7 +44,7 @@ impl MnistVae {
             .expect("encoder");
         let dec = MlpDecoder::new(&MlpDecoderConfig::new(20, &[400], 784), vb.pp("dec"))
             .expect("decoder");
-        let vae = Vae::new(enc, dec, Likelihood::Bernoulli).expect("vae");
+        let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli).expect("vae");
         let loss =
             ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum)).expect("loss");
         let opt = Adam::from_store(&params, AdamConfig::new(1e-3)).expect("adam");

@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use candle_vae::{
     Adam, AdamConfig, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ElboLoss,
-    ElboLossConfig, ImageShape, Likelihood, NoiseSource, ParamStore, Reduction, Vae,
+    ElboLossConfig, ImageShape, NoiseSource, ParamStore, Reduction, StandardLikelihood, Vae,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 
@@ -37,7 +37,7 @@ fn conv(c: &mut Criterion) {
             vb.pp("dec"),
         )
         .expect("decoder");
-        let vae = Vae::new(enc, dec, Likelihood::Bernoulli).expect("vae");
+        let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli).expect("vae");
         let loss =
             ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum)).expect("loss");
         let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3)).expect("adam");

@@ -2,7 +2,10 @@
 //! plus the analytic KL of 20 latent dimensions, gradients to the logits and the posterior.
 
 use candle_core::{DType, Var};
-use candle_vae::{DiagonalGaussian, ElboLoss, ElboLossConfig, Likelihood, NoiseSource, VaeOutput};
+use candle_vae::{
+    DiagonalGaussian, ElboLoss, ElboLossConfig, NoiseSource, StandardLikelihood, StandardNormal,
+    VaeOutput,
+};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 use super::common::{batches, criterion, device, timed};
@@ -28,11 +31,14 @@ fn elbo(c: &mut Criterion) {
         let posterior =
             DiagonalGaussian::new(mean.as_tensor().clone(), log_var.as_tensor().clone())
                 .expect("posterior");
+        let prior = StandardNormal::new(20).expect("prior");
         let out = VaeOutput {
             z: posterior.mean().clone(),
+            eps: posterior.mean().zeros_like().expect("eps"),
             posterior,
             params: logits.as_tensor().clone(),
-            likelihood: Likelihood::Bernoulli,
+            likelihood: &StandardLikelihood::Bernoulli,
+            prior: &prior,
         };
         let loss = ElboLoss::new(ElboLossConfig::default()).expect("loss");
         group.bench_function(BenchmarkId::from_parameter(batch), |b| {

@@ -22,8 +22,8 @@ use candle_vae::estimate::log_likelihood;
 use candle_vae::fused::{FusedKernels, with_fused_kernels};
 use candle_vae::{
     Adam, AdamConfig, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ElboLoss,
-    ElboLossConfig, ImageShape, ImportanceSamplingConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction, Vae,
+    ElboLossConfig, ImageShape, ImportanceSamplingConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+    MlpEncoderConfig, NoiseSource, ParamStore, Reduction, StandardLikelihood, Vae,
 };
 use rand::seq::SliceRandom;
 
@@ -92,7 +92,7 @@ fn mnist_vae(params: &ParamStore) -> Result<Vae<MlpEncoder, MlpDecoder>> {
     let vb = params.var_builder(DType::F32, &Device::Cpu);
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(784, &[400], 20), vb.pp("enc"))?;
     let dec = MlpDecoder::new(&MlpDecoderConfig::new(20, &[400], 784), vb.pp("dec"))?;
-    Ok(Vae::new(enc, dec, Likelihood::Bernoulli)?)
+    Ok(Vae::new(enc, dec, StandardLikelihood::Bernoulli)?)
 }
 
 /// One epoch (or more) of the pytorch/examples VAE: shuffled batches, BCE summed + KL,
@@ -192,7 +192,7 @@ fn conv(args: &Args) -> Result<String> {
         &ConvDecoderConfig::new(latent, image, channels),
         vb.pp("dec"),
     )?;
-    let vae = Vae::new(enc, dec, Likelihood::Bernoulli)?;
+    let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
     let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
     let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3))?;
     let mut noise = NoiseSource::new(2);

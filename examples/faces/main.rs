@@ -28,7 +28,7 @@ use candle_vae::{
     Activation, Adam, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
     ConvEncoderConfig, Decoder, DiagonalGaussian, Dims, EncoderT, GaussianMean, ImageShape,
     Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
-    ParamStore, Vae,
+    ParamStore, StandardLikelihood, Vae,
 };
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -296,11 +296,12 @@ fn main() -> Result<()> {
     let latent = model.latent.unwrap_or_default();
     let hidden = model.hidden.unwrap_or_default();
     let (likelihood, params_per_element) = match model.likelihood {
-        Some(LikelihoodArg::Gaussian) => {
-            (Likelihood::gaussian_per_element(GaussianMean::Sigmoid), 2)
-        }
-        Some(LikelihoodArg::ContinuousBernoulli) => (Likelihood::ContinuousBernoulli, 1),
-        Some(LikelihoodArg::Bernoulli) | None => (Likelihood::Bernoulli, 1),
+        Some(LikelihoodArg::Gaussian) => (
+            StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid),
+            2,
+        ),
+        Some(LikelihoodArg::ContinuousBernoulli) => (StandardLikelihood::ContinuousBernoulli, 1),
+        Some(LikelihoodArg::Bernoulli) | None => (StandardLikelihood::Bernoulli, 1),
     };
     let params = ParamStore::new(cli.run.seed);
     let vb = params.var_builder(DType::F32, &device);
@@ -355,20 +356,22 @@ fn main() -> Result<()> {
 trait FaceModel: BatchModel {
     fn latent(&self) -> usize;
     fn conditional(&self) -> bool;
-    fn likelihood_name(&self) -> &'static str;
+    fn likelihood_name(&self) -> String;
     fn posterior(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<DiagonalGaussian>;
     fn decode_mean(&self, z: &Tensor, cond: &Tensor) -> candle_core::Result<Tensor>;
 }
 
-impl<E: EncoderT + Dims, Dec: Decoder + Dims> FaceModel for Vae<E, Dec> {
+impl<E: EncoderT<Posterior = DiagonalGaussian> + Dims, Dec: Decoder + Dims> FaceModel
+    for Vae<E, Dec>
+{
     fn latent(&self) -> usize {
         self.latent_dim()
     }
     fn conditional(&self) -> bool {
         false
     }
-    fn likelihood_name(&self) -> &'static str {
-        self.likelihood().name()
+    fn likelihood_name(&self) -> String {
+        self.likelihood().name().to_string()
     }
     fn posterior(&self, xs: &Tensor, _cond: &Tensor) -> candle_core::Result<DiagonalGaussian> {
         self.encode(xs)
@@ -378,15 +381,17 @@ impl<E: EncoderT + Dims, Dec: Decoder + Dims> FaceModel for Vae<E, Dec> {
     }
 }
 
-impl<E: EncoderT + Dims, Dec: Decoder + Dims> FaceModel for ConditionalVae<E, Dec> {
+impl<E: EncoderT<Posterior = DiagonalGaussian> + Dims, Dec: Decoder + Dims> FaceModel
+    for ConditionalVae<E, Dec>
+{
     fn latent(&self) -> usize {
         self.latent_dim()
     }
     fn conditional(&self) -> bool {
         true
     }
-    fn likelihood_name(&self) -> &'static str {
-        self.likelihood().name()
+    fn likelihood_name(&self) -> String {
+        self.likelihood().name().to_string()
     }
     fn posterior(&self, xs: &Tensor, cond: &Tensor) -> candle_core::Result<DiagonalGaussian> {
         self.encode(xs, cond)

@@ -22,7 +22,7 @@ use candle_vae::viz::{
 use candle_vae::{
     Activation, ActiveUnits, Adam, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
     Decoder, Dims, EncoderT, GaussianMean, ImageShape, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Vae,
+    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reparameterize, StandardLikelihood, Vae,
 };
 use clap::{Parser, ValueEnum};
 use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
@@ -155,11 +155,15 @@ fn main() -> Result<()> {
     let params = ParamStore::new(cli.run.seed);
     let vb = params.var_builder(DType::F32, &device);
     let likelihood = match model.likelihood {
-        LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
-        LikelihoodArg::ContinuousBernoulli => Likelihood::ContinuousBernoulli,
+        LikelihoodArg::Bernoulli => StandardLikelihood::Bernoulli,
+        LikelihoodArg::ContinuousBernoulli => StandardLikelihood::ContinuousBernoulli,
         LikelihoodArg::Gaussian => {
             // Start at σ = 0.1, a pixel-level noise scale.
-            Likelihood::gaussian_shared(GaussianMean::Sigmoid, (0.01f64).ln(), vb.pp("likelihood"))?
+            StandardLikelihood::gaussian_shared(
+                GaussianMean::Sigmoid,
+                (0.01f64).ln(),
+                vb.pp("likelihood"),
+            )?
         }
     };
     let activation = match model.activation {
@@ -349,7 +353,7 @@ fn final_pictures<E: EncoderT + Dims, D: Decoder + Dims>(
     for start in (0..test.len()).step_by(TEST_BATCH) {
         let idx: Vec<usize> = (start..(start + TEST_BATCH).min(test.len())).collect();
         let xs = test.to_tensor(&idx, layout, DType::F32, device)?;
-        means.push(vae.encode(&xs)?.mean().detach());
+        means.push(vae.encode(&xs)?.location()?.detach());
     }
     let all_means = Tensor::cat(&means, 0)?;
     let activity = ActiveUnits::from_means(means, ActiveUnits::BURDA_THRESHOLD)?;

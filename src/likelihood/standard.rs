@@ -128,14 +128,16 @@ impl StandardLikelihood {
     /// # Errors
     /// [`Error::Shape`] (inside candle's error) if `params` does not match `x` as above.
     pub fn log_prob_elements(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
-        let mut groups = split_params(self.name(), x, params, self.params_per_element())?
-            .into_iter();
+        let mut groups =
+            split_params(self.name(), x, params, self.params_per_element())?.into_iter();
         let (first, second) = match (groups.next(), groups.next()) {
             (Some(first), second) => (first, second),
             (None, _) => return Err(candle_core::Error::Msg("no likelihood parameters".into())),
         };
         match self {
-            StandardLikelihood::Bernoulli => ops::binary_cross_entropy_with_logits(&first, x)?.neg(),
+            StandardLikelihood::Bernoulli => {
+                ops::binary_cross_entropy_with_logits(&first, x)?.neg()
+            }
             StandardLikelihood::ContinuousBernoulli => {
                 let bernoulli = ops::binary_cross_entropy_with_logits(&first, x)?.neg()?;
                 bernoulli + continuous_bernoulli_log_norm(&first)?
@@ -168,7 +170,6 @@ impl StandardLikelihood {
             }
         }
     }
-
 }
 
 impl Likelihood for StandardLikelihood {
@@ -243,7 +244,11 @@ impl Likelihood for StandardLikelihood {
                     GaussianVariance::Fixed { std } => (eps * *std)?,
                     GaussianVariance::PerElement => match groups.get(1) {
                         Some(log_var) => (eps * (log_var * 0.5)?.exp()?)?,
-                        None => return Err(candle_core::Error::Msg("per-element Gaussian without log-variance".into())),
+                        None => {
+                            return Err(candle_core::Error::Msg(
+                                "per-element Gaussian without log-variance".into(),
+                            ));
+                        }
                     },
                     GaussianVariance::Shared(log_var) => {
                         eps.broadcast_mul(&(log_var * 0.5)?.exp()?)?

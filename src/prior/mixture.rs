@@ -53,8 +53,20 @@ impl MixturePriorConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the field and rule.
     pub fn validate(&self) -> crate::Result<()> {
-        ensure(self.components > 0, "MixturePriorConfig", "components", self.components, "must be > 0")?;
-        ensure(self.latent_dim > 0, "MixturePriorConfig", "latent_dim", self.latent_dim, "must be > 0")?;
+        ensure(
+            self.components > 0,
+            "MixturePriorConfig",
+            "components",
+            self.components,
+            "must be > 0",
+        )?;
+        ensure(
+            self.latent_dim > 0,
+            "MixturePriorConfig",
+            "latent_dim",
+            self.latent_dim,
+            "must be > 0",
+        )?;
         ensure(
             self.components.checked_mul(self.latent_dim).is_some(),
             "MixturePriorConfig",
@@ -196,14 +208,17 @@ impl Prior for MixturePrior {
             .to_dtype(DType::F64)?
             .to_vec1::<f64>()?;
         let picker = WeightedIndex::new(&weights).map_err(|e| {
-            candle_core::Error::Msg(format!("MixturePrior::sample: mixture weights {weights:?}: {e}"))
+            candle_core::Error::Msg(format!(
+                "MixturePrior::sample: mixture weights {weights:?}: {e}"
+            ))
         })?;
         let picks: Vec<u32> = (0..n).map(|_| picker.sample(noise.rng()) as u32).collect();
         let index = Tensor::new(picks.as_slice(), self.means.device())?;
         let means = self.means.index_select(&index, 0)?.to_dtype(dtype)?;
-        let std = (self.log_vars.index_select(&index, 0)? * 0.5)?.exp()?.to_dtype(dtype)?;
+        let std = (self.log_vars.index_select(&index, 0)? * 0.5)?
+            .exp()?
+            .to_dtype(dtype)?;
         let eps = noise.standard_normal((n, self.latent_dim()), dtype, device)?;
         (eps.to_device(means.device())? * std)? + means
     }
 }
-

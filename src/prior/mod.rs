@@ -98,7 +98,12 @@ pub trait Prior: 'static {
 /// Checks that the last axis of `z` is `dim` (for a prior called `op`).
 pub(crate) fn check_latent(op: &'static str, z: &Tensor, dim: usize) -> candle_core::Result<()> {
     if z.rank() < 2 || z.dims().last() != Some(&dim) {
-        return Err(Error::shape(op, format!("z of shape (N, {dim}) or (K, N, {dim})"), z.dims()).into());
+        return Err(Error::shape(
+            op,
+            format!("z of shape (N, {dim}) or (K, N, {dim})"),
+            z.dims(),
+        )
+        .into());
     }
     Ok(())
 }
@@ -131,7 +136,9 @@ impl Prior for StandardNormal {
 
     fn log_prob(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         check_latent("StandardNormal::log_prob", z, self.dim)?;
-        z.sqr()?.sum(D::Minus1)?.affine(-0.5, -0.5 * LN_2PI * self.dim as f64)
+        z.sqr()?
+            .sum(D::Minus1)?
+            .affine(-0.5, -0.5 * LN_2PI * self.dim as f64)
     }
 
     fn log_prob_per_dim(&self, z: &Tensor) -> Option<candle_core::Result<Tensor>> {
@@ -183,7 +190,10 @@ impl GaussianPrior {
         if mean.rank() != 1 || mean.dims() != log_var.dims() || mean.elem_count() == 0 {
             return Err(Error::shape(
                 "GaussianPrior::new",
-                format!("mean and log_var of one shape (D,), D > 0 (mean is {:?})", mean.dims()),
+                format!(
+                    "mean and log_var of one shape (D,), D > 0 (mean is {:?})",
+                    mean.dims()
+                ),
                 log_var.dims(),
             ));
         }
@@ -243,7 +253,8 @@ impl Prior for GaussianPrior {
     ) -> candle_core::Result<Tensor> {
         let eps = noise.standard_normal((n, self.latent_dim()), dtype, device)?;
         let std = (self.log_var.to_dtype(dtype)? * 0.5)?.exp()?;
-        eps.broadcast_mul(&std)?.broadcast_add(&self.mean.to_dtype(dtype)?)
+        eps.broadcast_mul(&std)?
+            .broadcast_add(&self.mean.to_dtype(dtype)?)
     }
 
     fn has_analytic_kl(&self, posterior: TypeId) -> bool {

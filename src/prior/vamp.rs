@@ -72,7 +72,13 @@ impl VampPriorConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the field and rule.
     pub fn validate(&self) -> crate::Result<()> {
-        ensure(self.components > 0, "VampPriorConfig", "components", self.components, "must be > 0")?;
+        ensure(
+            self.components > 0,
+            "VampPriorConfig",
+            "components",
+            self.components,
+            "must be > 0",
+        )?;
         let elements = self
             .data_shape
             .iter()
@@ -92,7 +98,13 @@ impl VampPriorConfig {
             "must be finite and > 0 (and init_mean finite)",
         )?;
         if let Some((lo, hi)) = self.range {
-            ensure(lo.is_finite() && hi.is_finite() && lo < hi, "VampPriorConfig", "range", (lo, hi), "must be finite with low < high")?;
+            ensure(
+                lo.is_finite() && hi.is_finite() && lo < hi,
+                "VampPriorConfig",
+                "range",
+                (lo, hi),
+                "must be finite with low < high",
+            )?;
         }
         Ok(())
     }
@@ -155,7 +167,11 @@ where
         range: Option<(f64, f64)>,
     ) -> crate::Result<Self> {
         if pseudo_inputs.rank() < 2 || pseudo_inputs.dim(0)? == 0 {
-            return Err(Error::shape("VampPrior", "pseudo-inputs of shape (K, …) with K > 0", pseudo_inputs.dims()));
+            return Err(Error::shape(
+                "VampPrior",
+                "pseudo-inputs of shape (K, …) with K > 0",
+                pseudo_inputs.dims(),
+            ));
         }
         let mut prior = Self {
             encoder,
@@ -232,7 +248,9 @@ where
         noise: &mut NoiseSource,
     ) -> candle_core::Result<Tensor> {
         let k = self.components();
-        let picks: Vec<u32> = (0..n).map(|_| noise.rng().random_range(0..k) as u32).collect();
+        let picks: Vec<u32> = (0..n)
+            .map(|_| noise.rng().random_range(0..k) as u32)
+            .collect();
         let index = Tensor::new(picks.as_slice(), self.pseudo_inputs.device())?;
         let inputs = self.pseudo_inputs()?.index_select(&index, 0)?;
         let q = self.encoder.encode_t(&inputs, false)?;

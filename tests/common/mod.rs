@@ -261,10 +261,10 @@ pub fn mlp_vae(
     input: usize,
     hidden: &[usize],
     latent: usize,
-    likelihood: candle_vae::Likelihood,
+    likelihood: candle_vae::StandardLikelihood,
     dtype: DType,
 ) -> Result<candle_vae::Vae<candle_vae::MlpEncoder, candle_vae::MlpDecoder>> {
-    use candle_vae::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, Vae};
+    use candle_vae::{Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, Vae};
     let vb = store.var_builder(dtype, &CPU);
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(input, hidden, latent), vb.pp("enc"))?;
     let dec = MlpDecoder::new(
@@ -325,9 +325,16 @@ pub fn assert_same_snapshot(
 /// MNIST-sized VAE, 784-400-20, on a batch of 128 uniform images: large enough that the
 /// fused kernels split their work over threads.
 pub fn mnist_sized_step() -> Result<Vec<Tensor>> {
-    use candle_vae::{Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, NoiseSource};
+    use candle_vae::{Adam, AdamConfig, ElboLoss, ElboLossConfig, NoiseSource, StandardLikelihood};
     let params = candle_vae::ParamStore::new(8);
-    let vae = mlp_vae(&params, 784, &[400], 20, Likelihood::Bernoulli, DType::F32)?;
+    let vae = mlp_vae(
+        &params,
+        784,
+        &[400],
+        20,
+        StandardLikelihood::Bernoulli,
+        DType::F32,
+    )?;
     let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(candle_vae::Reduction::Sum))?;
     let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3))?;
     let mut noise = NoiseSource::new(5);
