@@ -24,8 +24,8 @@
 //! ```
 //! use candle_core::{DType, Device};
 //! use candle_vae::{
-//!     Adam, AdamConfig, ElboLoss, ElboLossConfig, Likelihood, MlpDecoder, MlpDecoderConfig,
-//!     MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Vae,
+//!     Adam, AdamConfig, ElboLoss, ElboLossConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+//!     MlpEncoderConfig, NoiseSource, ParamStore, StandardLikelihood, Vae,
 //! };
 //!
 //! let device = Device::Cpu;
