@@ -17,8 +17,8 @@ use candle_vae::train::{
     importance_sampled, train_epoch,
 };
 use candle_vae::{
-    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, NoiseSource,
-    ParamStore, Reduction,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlEstimator, KlSchedule,
+    NoiseSource, ParamStore, Reduction,
 };
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -167,11 +167,43 @@ pub struct ObjectiveArgs {
     /// the IWAE bound L_k (Burda et al. 2015).
     #[arg(long, default_value_t = 1)]
     pub iwae_k: usize,
+
+    /// How the ELBO's KL term is computed: auto (the closed form where the prior has one
+    /// for the posterior, else Monte-Carlo), analytic, or mc.
+    #[arg(long, value_enum, default_value_t = KlArg::Auto)]
+    #[serde(default)]
+    pub kl: KlArg,
+}
+
+/// The `--kl` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, serde::Deserialize)]
+pub enum KlArg {
+    /// Analytic where a closed form exists, else Monte-Carlo.
+    #[default]
+    Auto,
+    /// The closed form (an error where there is none).
+    Analytic,
+    /// The Monte-Carlo estimate at the sampled z.
+    Mc,
 }
 
 impl ObjectiveArgs {
+    /// The KL estimator of `--kl`, given whether the model's prior has a closed form for
+    /// its posterior.
+    pub fn kl_estimator(&self, analytic_available: bool) -> Result<KlEstimator> {
+        match (self.kl, analytic_available) {
+            (KlArg::Auto, true) | (KlArg::Analytic, true) => Ok(KlEstimator::Analytic),
+            (KlArg::Auto, false) | (KlArg::Mc, _) => Ok(KlEstimator::MonteCarlo),
+            (KlArg::Analytic, false) => {
+                bail!(
+                    "--kl analytic: this prior has no closed-form KL from this posterior; use --kl mc"
+                )
+            }
+        }
+    }
+
     /// The objective, with losses summed over the batch as PyTorch's example does.
-    pub fn objective(&self) -> Result<Objective> {
+    pub fn objective(&self, kl: KlEstimator) -> Result<Objective> {
         if self.iwae_k > 1 {
             if self.beta != 1.0 || self.warmup_steps > 0 || self.free_bits > 0.0 {
                 bail!(
@@ -193,6 +225,7 @@ impl ObjectiveArgs {
         Ok(Objective::Elbo(ElboLoss::new(
             ElboLossConfig::default()
                 .with_beta(self.beta)
+                .with_kl_estimator(kl)
                 .with_free_bits(self.free_bits)
                 .with_kl_schedule(schedule)
                 .with_reduction(Reduction::Sum),

@@ -465,7 +465,7 @@ fn run<M: FaceModel>(
         vae,
         params,
         optimizer,
-        objective: cli.objective.objective()?,
+        objective: cli.objective.objective(cli.objective.kl_estimator(true)?)?,
         train,
         test,
         state: TrainingState::new(cli.run.seed),

@@ -7,11 +7,13 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+use std::any::TypeId;
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_vae::data::{
     Binarization, DataLoader, DataLoaderConfig, ImageDataset, Layout, Mnist, Order,
 };
@@ -21,8 +23,10 @@ use candle_vae::viz::{
 };
 use candle_vae::{
     Activation, ActiveUnits, Adam, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
-    Decoder, Dims, EncoderT, GaussianMean, ImageShape, Likelihood, MlpDecoder, MlpDecoderConfig,
-    MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reparameterize, StandardLikelihood, Vae,
+    Decoder, Dims, EncoderT, FlowEncoder, GaussianMean, ImageShape, Likelihood, MixturePrior,
+    MixturePriorConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
+    ParamStore, PlanarFlow, PlanarFlowConfig, Prior, Reparameterize, StandardLikelihood, Vae,
+    VampPrior, VampPriorConfig,
 };
 use clap::{Parser, ValueEnum};
 use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
@@ -77,6 +81,21 @@ struct ModelArgs {
     /// Encoder and decoder: fully connected, or 4×4 stride-2 convolutions (32, 64 channels).
     #[arg(long, value_enum, default_value_t = Arch::Mlp)]
     arch: Arch,
+
+    /// The prior p(z): standard normal, a learned mixture of --components Gaussians, or
+    /// the VampPrior over --components learned pseudo-inputs (Tomczak & Welling 2018).
+    /// Learned priors need --arch mlp.
+    #[arg(long, value_enum, default_value_t = PriorArg::Standard)]
+    prior: PriorArg,
+
+    /// Components K of a mixture or VampPrior (500 in Tomczak & Welling 2018).
+    #[arg(long, default_value_t = 500)]
+    components: usize,
+
+    /// Planar-flow steps on top of the Gaussian posterior (0: none; Rezende & Mohamed
+    /// 2015). Needs --arch mlp.
+    #[arg(long, default_value_t = 0)]
+    flow: usize,
 }
 
 /// Everything that defines a run's numbers, stored in the checkpoint so that --resume
@@ -112,6 +131,16 @@ enum LikelihoodArg {
     ContinuousBernoulli,
     /// Gaussian with a sigmoid mean and one learned variance.
     Gaussian,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+enum PriorArg {
+    /// N(0, I).
+    Standard,
+    /// A learned mixture of Gaussians.
+    Mog,
+    /// The VampPrior.
+    Vamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -187,10 +216,28 @@ fn main() -> Result<()> {
                 &MlpDecoderConfig::new(model.latent, &widths, 784).with_activation(activation),
                 vb.clone(),
             )?;
-            let vae = Vae::new(encoder, decoder, likelihood)?;
-            run(&cli, &model, &vae, &params, &mnist, Layout::Flat, device)
+            let prior_vb = vb.pp("prior");
+            match model.flow {
+                0 => with_prior(
+                    &cli, &model, encoder, decoder, likelihood, prior_vb, &params, &mnist, device,
+                ),
+                steps => {
+                    let flow = PlanarFlow::new(
+                        &PlanarFlowConfig::new(model.latent, steps),
+                        vb.pp("flow"),
+                    )?;
+                    let encoder = FlowEncoder::new(encoder, flow);
+                    with_prior(
+                        &cli, &model, encoder, decoder, likelihood, prior_vb, &params, &mnist,
+                        device,
+                    )
+                }
+            }
         }
         Arch::Conv => {
+            if model.prior != PriorArg::Standard || model.flow > 0 {
+                anyhow::bail!("--prior mog|vamp and --flow need --arch mlp");
+            }
             let channels = [32, 64];
             let hidden = model.hidden.first().copied().unwrap_or(256);
             let encoder = ConvEncoder::new(
@@ -211,10 +258,44 @@ fn main() -> Result<()> {
     }
 }
 
-fn run<E: EncoderT + Dims, D: Decoder + Dims>(
+/// Composes the VAE with the prior of `--prior` and runs it.
+#[allow(clippy::too_many_arguments)]
+fn with_prior<E>(
     cli: &Cli,
     model: &ModelArgs,
-    vae: &Vae<E, D>,
+    encoder: E,
+    decoder: MlpDecoder,
+    likelihood: StandardLikelihood,
+    vb: VarBuilder,
+    params: &ParamStore,
+    mnist: &Mnist,
+    device: Device,
+) -> Result<()>
+where
+    E: EncoderT + Dims + Clone + 'static,
+{
+    let vae = Vae::new(encoder, decoder, likelihood)?;
+    match model.prior {
+        PriorArg::Standard => run(cli, model, &vae, params, mnist, Layout::Flat, device),
+        PriorArg::Mog => {
+            let prior =
+                MixturePrior::new(&MixturePriorConfig::new(model.components, model.latent), vb)?;
+            let vae = vae.with_prior(prior)?;
+            run(cli, model, &vae, params, mnist, Layout::Flat, device)
+        }
+        PriorArg::Vamp => {
+            let config = VampPriorConfig::new(model.components, &vae.encoder().data_shape());
+            let prior = VampPrior::new(vae.encoder().clone(), &config, vb)?;
+            let vae = vae.with_prior(prior)?;
+            run(cli, model, &vae, params, mnist, Layout::Flat, device)
+        }
+    }
+}
+
+fn run<E: EncoderT + Dims, D: Decoder + Dims, P: Prior>(
+    cli: &Cli,
+    model: &ModelArgs,
+    vae: &Vae<E, D, StandardLikelihood, P>,
     params: &ParamStore,
     mnist: &Mnist,
     layout: Layout,
@@ -250,6 +331,22 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims>(
             .with_layout(layout),
     )?;
     let optimizer = Adam::from_store(params, cli.optim.adam_config())?;
+    let analytic = vae.prior().has_analytic_kl(TypeId::of::<E::Posterior>());
+    let kl = cli.objective.kl_estimator(analytic)?;
+    println!(
+        "prior: {:?}{}; posterior: diagonal Gaussian{}; KL: {kl:?}",
+        model.prior,
+        if model.prior == PriorArg::Standard {
+            String::new()
+        } else {
+            format!(", K = {}", model.components)
+        },
+        if model.flow > 0 {
+            format!(" + {} planar steps", model.flow)
+        } else {
+            String::new()
+        },
+    );
     println!(
         "model: {:?} {} → {} → {}, {} likelihood, {} parameters; objective: {}",
         model.arch,
@@ -269,7 +366,7 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims>(
         vae,
         params,
         optimizer,
-        objective: cli.objective.objective()?,
+        objective: cli.objective.objective(kl)?,
         train,
         test,
         state: TrainingState::new(cli.run.seed),
@@ -312,8 +409,8 @@ fn first_indices(n: usize) -> Vec<usize> {
 
 /// Reconstructions of the first 30 test digits and 100 prior samples, rewritten every
 /// epoch.
-fn epoch_pictures<E: EncoderT + Dims, D: Decoder + Dims>(
-    vae: &Vae<E, D>,
+fn epoch_pictures<E: EncoderT + Dims, D: Decoder + Dims, P: Prior>(
+    vae: &Vae<E, D, StandardLikelihood, P>,
     test: &ImageDataset,
     layout: Layout,
     seed: u64,
@@ -338,8 +435,8 @@ fn epoch_pictures<E: EncoderT + Dims, D: Decoder + Dims>(
 /// The end-of-run pictures: those of [`epoch_pictures`], interpolations, traversals of
 /// the most active dimensions and, for a 2-D latent space, the manifold and the scatter
 /// of posterior means.
-fn final_pictures<E: EncoderT + Dims, D: Decoder + Dims>(
-    vae: &Vae<E, D>,
+fn final_pictures<E: EncoderT + Dims, D: Decoder + Dims, P: Prior>(
+    vae: &Vae<E, D, StandardLikelihood, P>,
     test: &ImageDataset,
     layout: Layout,
     seed: u64,
