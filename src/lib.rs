@@ -72,6 +72,7 @@ pub mod device;
 pub mod distribution;
 pub mod error;
 pub mod estimate;
+pub mod finite;
 pub mod fused;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
@@ -92,7 +93,7 @@ pub use component::{Decoder, Dims, Encoder, EncoderT};
 pub use conv::{ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ImageShape};
 pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
-pub use error::{Error, IdxProblem, Result};
+pub use error::{Error, IdxProblem, MAX_ELEMENTS, NonFinitePart, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
 pub use layers::Activation;
 pub use likelihood::{GaussianMean, GaussianVariance, Likelihood};

@@ -346,7 +346,12 @@ pub fn train_epoch<M: BatchModel + ?Sized>(
                 (loss, *reduction, out)
             }
         };
-        optimizer.backward_step(&loss)?;
+        // The non-finite guard (crate::finite): no backward, no step on a NaN/∞ loss.
+        let (epoch, next) = (state.epoch + 1, *step + 1);
+        crate::finite::guard_step(&loss, || monitor.forward(&out, xs), epoch, next)?;
+        optimizer
+            .backward_step(&loss)
+            .map_err(|e| crate::finite::step_error(e, epoch, next))?;
         *step += 1;
         let monitored = monitor.forward(&out, xs)?;
         let batch_loss = per_example(&loss, reduction, n)?;
