@@ -413,6 +413,18 @@ impl Adam {
                 key: STEPS_KEY.to_string(),
                 reason: format!("no step count for `{}`", slot.name),
             })?;
+            // The bias corrections raise β to the power t = step + 1 as an i32.
+            if step >= i32::MAX as u64 {
+                return Err(Error::Metadata {
+                    path: checkpoint.source().to_path_buf(),
+                    key: STEPS_KEY.to_string(),
+                    reason: format!(
+                        "step count {step} for `{}` is beyond the {} steps Adam can count",
+                        slot.name,
+                        i32::MAX - 1
+                    ),
+                });
+            }
             // Own buffers, not views of the checkpoint's (the fused step writes in place).
             restored.push((m.copy()?, v.copy()?, step));
         }

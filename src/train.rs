@@ -347,7 +347,7 @@ pub fn train_epoch<M: BatchModel + ?Sized>(
             }
         };
         // The non-finite guard (crate::finite): no backward, no step on a NaN/∞ loss.
-        let (epoch, next) = (state.epoch + 1, *step + 1);
+        let (epoch, next) = (state.epoch.saturating_add(1), step.saturating_add(1));
         crate::finite::guard_step(&loss, || monitor.forward(&out, xs), epoch, next)?;
         optimizer
             .backward_step(&loss)
