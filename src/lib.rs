@@ -84,6 +84,8 @@ pub mod noise;
 pub mod ops;
 pub mod optim;
 pub mod params;
+#[doc = include_str!("../docs/RELIABILITY.md")]
+pub mod reliability {}
 pub mod train;
 pub mod vae;
 pub mod viz;

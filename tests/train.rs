@@ -10,10 +10,11 @@ use candle_vae::train::{
     EpochSummary, Evaluation, Objective, TrainingState, evaluate, importance_sampled, train_epoch,
 };
 use candle_vae::{
-    Adam, AdamConfig, ElboLoss, ElboLossConfig, Error, ImportanceSamplingConfig, KlSchedule,
-    Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
-    NonFinitePart, ParamStore, Reduction, Vae,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, Likelihood,
+    MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction,
+    Vae,
 };
+use candle_vae::{Error, NonFinitePart};
 
 type MlpVae = Vae<MlpEncoder, MlpDecoder>;
 

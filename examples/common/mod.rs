@@ -11,15 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use candle_vae::data::DataLoader;
-use candle_vae::finite;
 use candle_vae::train::{
     BatchModel, EpochRecord, LikelihoodEstimate, Objective, TrainingState, evaluate,
     importance_sampled, train_epoch,
 };
 use candle_vae::{
-    Adam, AdamConfig, Checkpoint, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule,
-    NoiseSource, ParamStore, Reduction,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlSchedule, NoiseSource,
+    ParamStore, Reduction,
 };
+use candle_vae::{Checkpoint, finite};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
