@@ -168,7 +168,7 @@ struct Slot {
 /// A step looks at every gradient before it changes anything: one that holds a NaN or an
 /// infinity refuses the whole step ([`Error::NonFiniteGradient`]); so does a learning
 /// rate that is not finite and positive (set through `candle_nn::Optimizer::set_learning_rate`,
-/// which cannot return an error). See [`finite`](crate::finite).
+/// which cannot return an error). See [`finite`].
 #[derive(Debug)]
 pub struct Adam {
     slots: Vec<Slot>,
