@@ -552,22 +552,23 @@ fn adam_built_through_the_candle_trait_resumes_by_name_not_position() -> Result<
     )?;
     let mut opt = Adam::from_varmap(other.varmap(), config)?;
     match opt.load_state(&checkpoint) {
-        Err(err @ Error::OptimizerStateMismatch { .. }) => {
+        Err(err) => {
             let message = err.to_string();
-            for needle in ["encoder.fc1.weight", "enc.fc1.weight"] {
-                ensure!(message.contains(needle), "`{needle}` not in: {message}");
-            }
             let Error::OptimizerStateMismatch {
                 missing,
                 unexpected,
                 ..
             } = err
             else {
-                unreachable!()
+                bail!("expected Error::OptimizerStateMismatch, got {message}");
             };
+            for needle in ["encoder.fc1.weight", "enc.fc1.weight"] {
+                ensure!(message.contains(needle), "`{needle}` not in: {message}");
+            }
+            // The encoder-only optimiser holds 6 tensors; the file has state for 10.
             assert_eq!((missing.len(), unexpected.len()), (6, 10));
         }
-        other => bail!("expected Error::OptimizerStateMismatch, got {other:?}"),
+        Ok(()) => bail!("state saved for other parameters was loaded"),
     }
     Ok(())
 }

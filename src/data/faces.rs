@@ -76,11 +76,11 @@ pub(super) fn check_size(
     if fits {
         Ok(())
     } else {
-        let count = count.map_or_else(|| "N".to_string(), |c| c.to_string());
+        let count = count.map_or_else(String::new, |c| format!("{c} "));
         Err(Error::Data {
             path: path.to_path_buf(),
             reason: format!(
-                "expected {count} images of {height} × {width}, found {} of {} × {}",
+                "expected {count}images of {height} × {width}, found {} of {} × {}",
                 data.len(),
                 data.height(),
                 data.width()

@@ -35,6 +35,11 @@ pub struct Mnist {
 }
 
 impl Mnist {
+    /// Image height (rows).
+    pub const HEIGHT: usize = 28;
+    /// Image width (columns).
+    pub const WIDTH: usize = 28;
+
     /// The directory holding MNIST: `explicit`, else `$CANDLE_VAE_DATA/mnist`, else
     /// `./data/mnist` (see [`resolve_data_dir`]).
     ///
@@ -78,9 +83,4 @@ impl Mnist {
             test: load(&paths[2], &paths[3])?,
         })
     }
-
-    /// Image height (rows).
-    pub const HEIGHT: usize = 28;
-    /// Image width (columns).
-    pub const WIDTH: usize = 28;
 }
