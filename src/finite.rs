@@ -33,11 +33,16 @@ use crate::loss::Elbo;
 /// Whether every value is finite (no NaN, no ±∞).
 pub(crate) fn all_finite_f32(values: &[f32]) -> bool {
     // The largest magnitude's bit pattern is below the exponent-all-ones patterns of ∞ and
-    // NaN; an integer max reduction vectorises, a short-circuiting `all` does not.
-    values
-        .iter()
-        .fold(0u32, |acc, v| acc.max(v.to_bits() & 0x7fff_ffff))
-        < 0x7f80_0000
+    // NaN; an integer max reduction vectorises (for the widest SIMD the CPU has, through
+    // the fused kernels' dispatch), a short-circuiting `all` does not. Measured in
+    // isolation: 0.08 ms for the MNIST model's 652,824 gradients built for this CPU,
+    // 0.23 ms for baseline x86-64, against ~17 ms for a training step.
+    crate::fused::math::vectorized(|| {
+        values
+            .iter()
+            .fold(0u32, |acc, v| acc.max(v.to_bits() & 0x7fff_ffff))
+            < 0x7f80_0000
+    })
 }
 
 /// The first value that is not finite.
