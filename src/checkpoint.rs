@@ -128,13 +128,42 @@ impl Checkpoint {
     }
 
     /// Sets every parameter of `store` from this checkpoint. All parameters are checked
-    /// before any is changed, so on error the store is untouched. Tensors the store does
-    /// not have (optimiser state, say) are ignored.
+    /// before any is changed, so on error the store is untouched.
+    ///
+    /// File and store must hold the same tensors, optimiser state aside (names under
+    /// [`OPTIMIZER_PREFIX`]): a store that lacks some of the file's tensors (another
+    /// model, another naming, an empty store) would otherwise keep its random weights
+    /// and report success.
     ///
     /// # Errors
-    /// [`Error::MissingTensor`] or [`Error::TensorShape`] naming the first tensor at fault.
+    /// [`Error::CheckpointMismatch`] listing the tensors the file holds and the store does
+    /// not (and those the store holds and the file does not); [`Error::MissingTensor`] if
+    /// the file only lacks tensors, naming the first; [`Error::TensorShape`] naming the
+    /// first tensor of another shape.
     pub fn restore(&self, store: &ParamStore) -> Result<()> {
         let vars = store.named_vars()?;
+        let unexpected: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|name| !name.starts_with(OPTIMIZER_PREFIX))
+            .filter(|name| {
+                vars.binary_search_by(|(n, _)| n.as_str().cmp(name))
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        if !unexpected.is_empty() {
+            let missing = vars
+                .iter()
+                .filter(|(name, _)| !self.tensors.contains_key(name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            return Err(Error::CheckpointMismatch {
+                path: self.source.clone(),
+                missing,
+                unexpected,
+            });
+        }
         let values = vars
             .iter()
             .map(|(name, var)| self.tensor_like(name, var.as_tensor()))
@@ -145,7 +174,9 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Writes the checkpoint to `path` atomically (temporary file, fsync, rename).
+    /// Writes the checkpoint to `path` atomically (temporary file, fsync, rename), first
+    /// removing stale temporary files of the same path that killed saves left behind
+    /// (see [`remove_stale_temporaries`]).
     ///
     /// # Errors
     /// [`Error::Io`] naming the file; [`Error::Safetensors`] if a tensor cannot be encoded.
@@ -160,10 +191,12 @@ impl Checkpoint {
             })
             .collect::<Result<Vec<_>>>()?;
         let bytes = safetensors::tensor::serialize(contiguous, Some(metadata))?;
+        remove_stale_temporaries(path);
         write_atomically(path, &bytes)
     }
 
-    /// Reads a checkpoint from `path`, placing its tensors on `device`.
+    /// Reads a checkpoint from `path`, placing its tensors on `device`; also removes stale
+    /// temporary files of killed saves of the same path (see [`remove_stale_temporaries`]).
     ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be read; [`Error::Safetensors`] if it is not a
@@ -171,21 +204,55 @@ impl Checkpoint {
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        remove_stale_temporaries(path);
+        Self::from_bytes(&bytes, path, device)
+    }
+
+    /// Reads a checkpoint from the bytes of a safetensors file, placing its tensors on
+    /// `device`; `source` is the name errors give it (what [`source`](Self::source)
+    /// returns).
+    ///
+    /// # Errors
+    /// [`Error::Safetensors`] if the bytes are not a valid safetensors file.
+    pub fn from_bytes(bytes: &[u8], source: impl Into<PathBuf>, device: &Device) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)?;
         let metadata = header
             .metadata()
             .clone()
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)?
+        let tensors = candle_core::safetensors::load_buffer(bytes, device)?
             .into_iter()
             .collect();
         Ok(Self {
             tensors,
             metadata,
-            source: path.to_path_buf(),
+            source: source.into(),
         })
+    }
+
+    /// Checks, before a long run, that [`save`](Self::save) will be able to write `path`:
+    /// it names a file (not a directory) in an existing directory where a temporary file
+    /// can be created (one is created and removed).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path` and saying what is wrong.
+    pub fn check_writable(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is a directory; a checkpoint needs a file name",
+                ),
+            ));
+        }
+        let tmp = temporary_path(path)?;
+        let result = fs::File::create(&tmp).and_then(|file| file.sync_all());
+        let _ = fs::remove_file(&tmp);
+        result.map_err(|e| Error::io(path, e))
     }
 
     fn metadata_error(&self, key: &str, reason: String) -> Error {
@@ -197,23 +264,79 @@ impl Checkpoint {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, so readers
-/// see the old content or the new, never a mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+/// Name prefix of the tensors [`Checkpoint::restore`] leaves to the optimiser.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+/// The directory `path` is in (`.` for a bare file name).
+fn directory(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
+    }
+}
+
+/// `path`'s file name, or an [`Error::Io`] saying it has none.
+fn file_name(path: &Path) -> Result<&std::ffi::OsStr> {
+    path.file_name().ok_or_else(|| {
         Error::io(
             path,
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
         )
-    })?;
+    })
+}
+
+/// This process's temporary file for a save of `path`: `.<name>.<pid>.tmp` beside it.
+fn temporary_path(path: &Path) -> Result<PathBuf> {
     let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
+    tmp_name.push(file_name(path)?);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    Ok(directory(path).join(tmp_name))
+}
+
+/// Removes the temporary files `.<name>.<pid>.tmp` that saves of `path` killed before
+/// their rename left behind, where `<pid>` names a process that no longer runs.
+///
+/// A file is removed only when it is certain that its writer is gone: its pid is not
+/// this process's, and the system has a `/proc` (Linux) in which that pid has no entry.
+/// Without `/proc` (macOS, Windows) nothing is removed. Another process's save in
+/// progress is never touched; a pid reused by a new process keeps its file (a leftover,
+/// never a loss). Failures (a read-only directory) are ignored: this is housekeeping.
+/// [`Checkpoint::save`] and [`Checkpoint::load`] call it.
+pub fn remove_stale_temporaries(path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(directory(path)) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let own = std::process::id();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != own && !proc.join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, so readers
+/// see the old content or the new, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = directory(path);
+    let tmp = temporary_path(path)?;
 
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{Dims, Encoder};
 use crate::distribution::DiagonalGaussian;
-use crate::error::{Error, ensure};
+use crate::error::{Error, elements, ensure, ensure_layer};
 use crate::fused;
 use crate::layers::{Activation, conv_transpose2d, conv2d, linear};
 
@@ -44,9 +44,12 @@ impl ImageShape {
         }
     }
 
-    /// Number of values in one image.
+    /// Number of values in one image (saturating at `usize::MAX`; the configs' `validate`
+    /// refuses images of more than [`MAX_ELEMENTS`](crate::MAX_ELEMENTS) values).
     pub fn elem_count(&self) -> usize {
-        self.channels * self.height * self.width
+        self.channels
+            .saturating_mul(self.height)
+            .saturating_mul(self.width)
     }
 }
 
@@ -96,7 +99,39 @@ fn validate_geometry(
         "image",
         (image.height, image.width),
         "each stride-2 stage needs a side ≥ 2: use fewer stages or a larger image",
-    )
+    )?;
+    // Size products, checked: the image, every stage's feature map, every kernel.
+    let mut in_channels = image.channels;
+    let maps = std::iter::once((image.channels, sizes[0]))
+        .chain(channels.iter().copied().zip(sizes[1..].iter().copied()));
+    for (c, (h, w)) in maps {
+        ensure(
+            elements(&[c, h, w]).is_some(),
+            config,
+            "image",
+            (image.channels, image.height, image.width),
+            "too large: an image or feature map must hold at most 2^60 values",
+        )?;
+    }
+    for &c in channels {
+        ensure(
+            elements(&[in_channels, c, KERNEL, KERNEL]).is_some(),
+            config,
+            "channels",
+            channels,
+            "too large: a kernel must hold at most 2^60 weights",
+        )?;
+        in_channels = c;
+    }
+    Ok(())
+}
+
+/// The width of the flattened last feature map (checked by [`validate_geometry`]).
+fn flat_width(image: ImageShape, channels: &[usize]) -> (&'static str, usize) {
+    let sizes = stage_sizes(image, channels.len());
+    let (h, w) = sizes[channels.len()];
+    let c = channels.last().copied().unwrap_or(image.channels);
+    ("image", c.saturating_mul(h).saturating_mul(w))
 }
 
 /// Pads the even side of a `(N, C, H, W)` map with one zero row (bottom) or column (right)
@@ -181,7 +216,17 @@ impl ConvEncoderConfig {
             "hidden",
             self.hidden,
             "must be > 0 when set",
-        )
+        )?;
+        // The flattened map → hidden → heads, checked.
+        let flat = flat_width(self.image, &self.channels);
+        let latent = ("latent_dim", self.latent_dim);
+        match self.hidden {
+            Some(hidden) => {
+                ensure_layer("ConvEncoderConfig", flat, ("hidden", hidden))?;
+                ensure_layer("ConvEncoderConfig", ("hidden", hidden), latent)
+            }
+            None => ensure_layer("ConvEncoderConfig", flat, latent),
+        }
     }
 }
 
@@ -369,7 +414,17 @@ impl ConvDecoderConfig {
             "params_per_element",
             self.params_per_element,
             "must be 1 or 2",
-        )
+        )?;
+        // z → hidden → the projection onto the last feature map, checked.
+        let flat = flat_width(self.image, &self.channels);
+        let latent = ("latent_dim", self.latent_dim);
+        match self.hidden {
+            Some(hidden) => {
+                ensure_layer("ConvDecoderConfig", latent, ("hidden", hidden))?;
+                ensure_layer("ConvDecoderConfig", ("hidden", hidden), flat)
+            }
+            None => ensure_layer("ConvDecoderConfig", latent, flat),
+        }
     }
 }
 

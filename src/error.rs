@@ -173,13 +173,113 @@ pub enum Error {
     },
 
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    ///
+    /// The message names the file; the cause is the [`source`](std::error::Error::source),
+    /// so that a report that prints the chain (anyhow's `{:?}`) prints it once.
+    #[error("I/O error on {path}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying I/O error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// A checkpoint and the model it is restored into hold different tensors: the model
+    /// would keep random weights where the file has none, or the file holds weights the
+    /// model has no place for (another model, another naming).
+    #[error(
+        "checkpoint {path} does not match the model: {}",
+        describe_mismatch(
+            missing,
+            unexpected,
+            "in the model but not in the file",
+            "in the file but not in the model"
+        )
+    )]
+    CheckpointMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Tensors the model has and the file lacks, sorted.
+        missing: Vec<String>,
+        /// Tensors the file holds and the model lacks (optimiser state aside), sorted.
+        unexpected: Vec<String>,
+    },
+
+    /// Saved optimiser state and the optimiser it is loaded into cover different
+    /// parameters.
+    #[error(
+        "checkpoint {path}: the optimiser state does not match the optimiser's parameters: {}",
+        describe_mismatch(
+            missing,
+            unexpected,
+            "the optimiser has no saved state for",
+            "the file has state for parameters the optimiser does not hold"
+        )
+    )]
+    OptimizerStateMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Parameters of the optimiser without saved state, sorted.
+        missing: Vec<String>,
+        /// Parameters with saved state that the optimiser does not hold, sorted.
+        unexpected: Vec<String>,
+    },
+
+    /// An optimiser built from unnamed variables (`candle_nn::Optimizer::new`) was asked
+    /// to save or load its state, which is keyed by parameter name.
+    #[error(
+        "this Adam was built through candle_nn::Optimizer::new from {count} unnamed Vars: \
+         their order (VarMap::all_vars is a HashMap's) changes from process to process, so \
+         their state cannot be saved or restored by position; name them with \
+         Adam::name_vars(&varmap), or build the optimiser with Adam::from_varmap, \
+         Adam::from_store or Adam::new"
+    )]
+    UnnamedParameters {
+        /// Parameters without a name.
+        count: usize,
+    },
+
+    /// A gradient holds a NaN or an infinity; the optimiser step was not taken and no
+    /// parameter changed.
+    #[error(
+        "the gradient of `{parameter}` holds {value} (every gradient must be finite); the \
+         optimiser step was not taken and no parameter changed"
+    )]
+    NonFiniteGradient {
+        /// The parameter's name (`param.<i>` for an unnamed one).
+        parameter: String,
+        /// The first non-finite value found.
+        value: f64,
+    },
+
+    /// A parameter holds a NaN or an infinity (see [`finite::check_parameters`](crate::finite::check_parameters)).
+    #[error("parameter `{name}` holds {value} (every parameter must be finite)")]
+    NonFiniteParameter {
+        /// The parameter's name.
+        name: String,
+        /// The first non-finite value found.
+        value: f64,
+    },
+
+    /// Training met a NaN or an infinity (a diverging run: a learning rate too high, a
+    /// poisoned input); it stopped before the optimiser step, so the parameters are those
+    /// after the last good step (see [`finite`](crate::finite)).
+    #[error(
+        "training stopped at epoch {epoch}, step {step}: {part} is {value} (it must be \
+         finite); the step was not taken, the parameters are those after step {}; lower the \
+         learning rate or check the data",
+        step.saturating_sub(1)
+    )]
+    NonFinite {
+        /// The epoch, counted from 1.
+        epoch: usize,
+        /// The optimiser step that was refused, counted from 1 over the whole run.
+        step: usize,
+        /// What was not finite.
+        part: NonFinitePart,
+        /// The value (the first non-finite element for a gradient).
+        value: f64,
     },
 
     /// An error from candle.
@@ -268,6 +368,79 @@ pub enum IdxProblem {
     },
 }
 
+/// What [`Error::NonFinite`] found not finite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NonFinitePart {
+    /// The objective the step minimises.
+    Loss,
+    /// The reconstruction term −E_q[log p(x|z)].
+    Reconstruction,
+    /// The KL term KL(q(z|x) ‖ p(z)).
+    Kl,
+    /// The gradient of one parameter (the loss was finite).
+    Gradient {
+        /// The parameter's name.
+        parameter: String,
+    },
+}
+
+impl std::fmt::Display for NonFinitePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NonFinitePart::Loss => f.write_str("the loss"),
+            NonFinitePart::Reconstruction => {
+                f.write_str("the reconstruction term -E_q[log p(x|z)]")
+            }
+            NonFinitePart::Kl => f.write_str("the KL term KL(q(z|x) || p(z))"),
+            NonFinitePart::Gradient { parameter } => {
+                write!(f, "the gradient of `{parameter}`")
+            }
+        }
+    }
+}
+
+/// At most this many names of a list go into a message.
+const LISTED: usize = 10;
+
+/// Up to [`LISTED`] names, then how many more.
+fn list_names(names: &[String]) -> String {
+    let mut listed = names
+        .iter()
+        .take(LISTED)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > LISTED {
+        listed.push_str(&format!(" and {} more", names.len() - LISTED));
+    }
+    listed
+}
+
+fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    missing_label: &str,
+    unexpected_label: &str,
+) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!(
+            "{} {missing_label}: {}",
+            missing.len(),
+            list_names(missing)
+        ));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!(
+            "{} {unexpected_label}: {}",
+            unexpected.len(),
+            list_names(unexpected)
+        ));
+    }
+    parts.join("; ")
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     paths
         .iter()
@@ -320,6 +493,44 @@ impl Error {
             source,
         }
     }
+}
+
+/// The most elements one tensor of this crate may hold: 2⁶⁰, so that even in `f64` its
+/// size in bytes fits in `isize` (the most one allocation can be) with room to spare.
+/// Configs check their layers' sizes against it, and [`ParamStore`](crate::ParamStore)
+/// and [`NoiseSource`](crate::NoiseSource) refuse larger tensors with an error instead of
+/// a `capacity overflow` panic.
+pub const MAX_ELEMENTS: usize = 1 << 60;
+
+/// The product of `dims` if it neither overflows nor exceeds [`MAX_ELEMENTS`].
+pub(crate) fn elements(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
+/// A candle error for a tensor of `dims` too large to make.
+pub(crate) fn too_large(op: &'static str, dims: &[usize]) -> candle_core::Error {
+    Error::shape(op, format!("at most {MAX_ELEMENTS} elements (2^60)"), dims).into()
+}
+
+/// Checks in a config's `validate` that a linear layer from `input` to `output` units has
+/// at most [`MAX_ELEMENTS`] weights, blaming the wider side's field.
+pub(crate) fn ensure_layer(
+    config: &'static str,
+    input: (&'static str, usize),
+    output: (&'static str, usize),
+) -> Result<()> {
+    if elements(&[input.1, output.1]).is_some() {
+        return Ok(());
+    }
+    let (field, value) = if input.1 >= output.1 { input } else { output };
+    Err(Error::config(
+        config,
+        field,
+        value,
+        "too large: a layer's weights (inputs × outputs) must number at most 2^60",
+    ))
 }
 
 /// Shorthand for rules checked in configs' `validate`.

@@ -297,11 +297,20 @@ impl ActiveUnits {
     /// Measures activity from posterior means, given batch by batch as `(N_b, D)` tensors.
     ///
     /// # Errors
-    /// If the batches disagree in width, are not rank 2, or hold no example.
+    /// If the batches disagree in width, are not rank 2, or hold no example;
+    /// [`Error::InvalidConfig`] if `threshold` is not finite and ≥ 0 (a NaN would count
+    /// no unit active).
     pub fn from_means<I>(posterior_means: I, threshold: f64) -> crate::Result<Self>
     where
         I: IntoIterator<Item = Tensor>,
     {
+        ensure(
+            threshold.is_finite() && threshold >= 0.0,
+            "ActiveUnits",
+            "threshold",
+            threshold,
+            "must be finite and ≥ 0",
+        )?;
         let mut sum: Vec<f64> = Vec::new();
         let mut sum_sq: Vec<f64> = Vec::new();
         let mut count = 0usize;

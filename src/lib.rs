@@ -72,6 +72,7 @@ pub mod device;
 pub mod distribution;
 pub mod error;
 pub mod estimate;
+pub mod finite;
 pub mod flow;
 pub mod fused;
 #[doc = include_str!("../docs/guide.md")]
@@ -85,6 +86,8 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod prior;
+#[doc = include_str!("../docs/RELIABILITY.md")]
+pub mod reliability {}
 pub mod reparameterize;
 pub mod train;
 pub mod vae;
@@ -95,7 +98,7 @@ pub use component::{Decoder, Dims, Encoder, EncoderT};
 pub use conv::{ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ImageShape};
 pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
-pub use error::{Error, IdxProblem, Result};
+pub use error::{Error, IdxProblem, MAX_ELEMENTS, NonFinitePart, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
 pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
 pub use layers::Activation;

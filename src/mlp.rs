@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{Dims, Encoder};
 use crate::distribution::DiagonalGaussian;
-use crate::error::{Error, ensure};
+use crate::error::{Error, ensure, ensure_layer};
 use crate::fused::linear as fused;
 use crate::layers::{Activation, linear};
 
@@ -81,7 +81,16 @@ impl MlpEncoderConfig {
             "hidden",
             &self.hidden,
             "every hidden width must be > 0",
-        )
+        )?;
+        // Every layer's weight count, checked: input → hidden… → latent (two heads).
+        let widths = std::iter::once(("input_dim", self.input_dim))
+            .chain(self.hidden.iter().map(|&h| ("hidden", h)))
+            .chain(std::iter::once(("latent_dim", self.latent_dim)))
+            .collect::<Vec<_>>();
+        for pair in widths.windows(2) {
+            ensure_layer("MlpEncoderConfig", pair[0], pair[1])?;
+        }
+        Ok(())
     }
 }
 
@@ -252,7 +261,27 @@ impl MlpDecoderConfig {
             "hidden",
             &self.hidden,
             "every hidden width must be > 0",
-        )
+        )?;
+        // Every layer's weight count, checked: latent → hidden… → output × parameters.
+        let outputs = self
+            .output_dim
+            .checked_mul(self.params_per_element)
+            .ok_or_else(|| {
+                Error::config(
+                    "MlpDecoderConfig",
+                    "output_dim",
+                    self.output_dim,
+                    "too large: output_dim × params_per_element overflows usize",
+                )
+            })?;
+        let widths = std::iter::once(("latent_dim", self.latent_dim))
+            .chain(self.hidden.iter().map(|&h| ("hidden", h)))
+            .chain(std::iter::once(("output_dim", outputs)))
+            .collect::<Vec<_>>();
+        for pair in widths.windows(2) {
+            ensure_layer("MlpDecoderConfig", pair[0], pair[1])?;
+        }
+        Ok(())
     }
 }
 

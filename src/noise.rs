@@ -120,18 +120,30 @@ impl NoiseSource {
     where
         D: Distribution<f32> + Distribution<f64>,
     {
-        let n = shape.elem_count();
+        // Checked: `Shape::elem_count` wraps around (or panics) on overflow, and a vector
+        // too large to allocate would abort the process.
+        let n = crate::error::elements(shape.dims())
+            .ok_or_else(|| crate::error::too_large("NoiseSource", shape.dims()))?;
         let host = if dtype == DType::F64 {
-            let values: Vec<f64> = Distribution::<f64>::sample_iter(&dist, &mut self.rng)
-                .take(n)
-                .collect();
+            let mut values = with_capacity::<f64>(n, shape.dims())?;
+            values.extend(Distribution::<f64>::sample_iter(&dist, &mut self.rng).take(n));
             Tensor::from_vec(values, shape, &Device::Cpu)?
         } else {
-            let values: Vec<f32> = Distribution::<f32>::sample_iter(&dist, &mut self.rng)
-                .take(n)
-                .collect();
+            let mut values = with_capacity::<f32>(n, shape.dims())?;
+            values.extend(Distribution::<f32>::sample_iter(&dist, &mut self.rng).take(n));
             Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?
         };
         host.to_device(device)
     }
+}
+
+/// An empty vector with room for `n` values, or an error if the memory cannot be had.
+fn with_capacity<T>(n: usize, dims: &[usize]) -> candle_core::Result<Vec<T>> {
+    let mut values = Vec::new();
+    values.try_reserve_exact(n).map_err(|e| {
+        candle_core::Error::Msg(format!(
+            "NoiseSource: cannot allocate a tensor of shape {dims:?} ({n} values): {e}"
+        ))
+    })?;
+    Ok(values)
 }

@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, ensure};
+use crate::finite;
 use crate::fused::{self, adam::AdamScalars, sink::GradSink};
 use crate::params::ParamStore;
 
@@ -153,9 +154,26 @@ struct Slot {
 /// moment that has decayed into the subnormal range (below 1.2·10⁻³⁸) as 0: the CPU
 /// computes with subnormals some hundred times slower, and the step they would change
 /// moves a parameter by ~10⁻³³.
+///
+/// # State by name
+/// [`save_state`](Self::save_state) and [`load_state`](Self::load_state) key the moments
+/// and step counts by parameter name, and loading checks that the names match exactly.
+/// [`Adam::new`], [`Adam::from_store`] and [`Adam::from_varmap`] know the names; an `Adam`
+/// built through `candle_nn::Optimizer::new` gets bare `Var`s, in an order that is not
+/// stable across processes (`VarMap::all_vars` is a `HashMap`'s), so it refuses to save
+/// or load state ([`Error::UnnamedParameters`]) until [`name_vars`](Self::name_vars)
+/// has matched its `Var`s to their names in a `VarMap`.
+///
+/// # Non-finite values
+/// A step looks at every gradient before it changes anything: one that holds a NaN or an
+/// infinity refuses the whole step ([`Error::NonFiniteGradient`]); so does a learning
+/// rate that is not finite and positive (set through `candle_nn::Optimizer::set_learning_rate`,
+/// which cannot return an error). See [`finite`].
 #[derive(Debug)]
 pub struct Adam {
     slots: Vec<Slot>,
+    /// Whether the slots carry positional names (`param.<i>`) only.
+    unnamed: bool,
     config: AdamConfig,
     /// Where [`backward_step`](Self::backward_step) has the fused kernels write gradients.
     sink: GradSink,
@@ -163,6 +181,35 @@ pub struct Adam {
 
 /// Metadata key under which [`Adam::save_state`] stores per-parameter step counts.
 const STEPS_KEY: &str = "optimizer.adam.steps";
+/// Prefix of the first moments' tensor names in a checkpoint.
+const MOMENT_M: &str = "optimizer.adam.m.";
+/// Prefix of the second moments' tensor names in a checkpoint.
+const MOMENT_V: &str = "optimizer.adam.v.";
+
+/// The rule of `AdamConfig.lr`, checked at every step.
+fn check_lr(lr: f64) -> crate::Result<()> {
+    ensure(
+        lr.is_finite() && lr > 0.0,
+        "AdamConfig",
+        "lr",
+        lr,
+        "must be finite and > 0",
+    )
+}
+
+/// Every variable of `varmap` with its name, sorted by name.
+fn named_vars(varmap: &candle_nn::VarMap) -> crate::Result<Vec<(String, Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+    let mut vars: Vec<(String, Var)> = data
+        .iter()
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(vars)
+}
 
 impl Adam {
     /// An optimiser over named parameters.
@@ -189,9 +236,74 @@ impl Adam {
         let sink = GradSink::new(slots.iter().map(|slot| slot.var.as_tensor()));
         Ok(Self {
             slots,
+            unnamed: false,
             config,
             sink,
         })
+    }
+
+    /// An optimiser over every parameter of `varmap`, named as in it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if the config breaks a rule.
+    pub fn from_varmap(varmap: &candle_nn::VarMap, config: AdamConfig) -> crate::Result<Self> {
+        Self::new(named_vars(varmap)?, config)
+    }
+
+    /// Names the parameters of an optimiser built through `candle_nn::Optimizer::new` by
+    /// finding each of its `Var`s (by identity, not value) in `varmap`, so that its state
+    /// can be saved and restored by name. On error nothing changes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] saying how many of the optimiser's `Var`s `varmap` lacks.
+    pub fn name_vars(&mut self, varmap: &candle_nn::VarMap) -> crate::Result<()> {
+        let by_id: std::collections::HashMap<_, _> = named_vars(varmap)?
+            .into_iter()
+            .map(|(name, var)| (var.as_tensor().id(), name))
+            .collect();
+        let names = self
+            .slots
+            .iter()
+            .map(|slot| by_id.get(&slot.var.as_tensor().id()).cloned())
+            .collect::<Vec<_>>();
+        let unknown = names.iter().filter(|n| n.is_none()).count();
+        ensure(
+            unknown == 0,
+            "Adam::name_vars",
+            "varmap",
+            format!(
+                "{unknown} of the optimiser's {} Vars missing",
+                self.slots.len()
+            ),
+            "must hold every Var the optimiser was built with",
+        )?;
+        for (slot, name) in self.slots.iter_mut().zip(names.into_iter().flatten()) {
+            slot.name = name;
+        }
+        self.unnamed = false;
+        Ok(())
+    }
+
+    /// Sets the learning rate, refusing one that is not finite and positive (the rule of
+    /// [`AdamConfig::validate`]); the rate is unchanged on error.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for `AdamConfig.lr`.
+    pub fn try_set_learning_rate(&mut self, lr: f64) -> crate::Result<()> {
+        check_lr(lr)?;
+        self.config.lr = lr;
+        Ok(())
+    }
+
+    /// [`Error::UnnamedParameters`] unless every parameter has a name.
+    fn ensure_named(&self) -> crate::Result<()> {
+        if self.unnamed {
+            Err(Error::UnnamedParameters {
+                count: self.slots.len(),
+            })
+        } else {
+            Ok(())
+        }
     }
 
     /// An optimiser over every parameter of `store`.
@@ -216,8 +328,12 @@ impl Adam {
     /// their step count does not advance), as in PyTorch.
     ///
     /// # Errors
-    /// Only candle's own.
+    /// [`Error::InvalidConfig`] for a learning rate that is not finite and positive,
+    /// [`Error::NonFiniteGradient`] for a gradient holding a NaN or an infinity (inside
+    /// candle's error); nothing changes then.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        finite::clear_refusal();
+        check_lr(self.config.lr).map_err(finite::refuse)?;
         update(&mut self.slots, &self.config, grads, None)
     }
 
@@ -230,8 +346,10 @@ impl Adam {
     /// docs).
     ///
     /// # Errors
-    /// Only candle's own.
+    /// As [`step`](Self::step); the learning rate is checked before `backward` runs.
     pub fn backward_step(&mut self, loss: &Tensor) -> candle_core::Result<()> {
+        finite::clear_refusal();
+        check_lr(self.config.lr).map_err(finite::refuse)?;
         let grads = self.sink.collect(|| loss.backward())?;
         update(&mut self.slots, &self.config, &grads, Some(&self.sink))
     }
@@ -240,41 +358,73 @@ impl Adam {
     /// and step counts (metadata) into `checkpoint`.
     ///
     /// # Errors
-    /// Only serialisation errors.
+    /// [`Error::UnnamedParameters`] for an optimiser built through
+    /// `candle_nn::Optimizer::new` whose `Var`s were not named ([`name_vars`](Self::name_vars));
+    /// serialisation errors.
     pub fn save_state(&self, checkpoint: &mut Checkpoint) -> crate::Result<()> {
+        self.ensure_named()?;
         let mut steps = BTreeMap::new();
         for slot in &self.slots {
             // Copies: the fused step changes the moments in place.
-            checkpoint.insert(format!("optimizer.adam.m.{}", slot.name), slot.m.copy()?);
-            checkpoint.insert(format!("optimizer.adam.v.{}", slot.name), slot.v.copy()?);
+            checkpoint.insert(format!("{MOMENT_M}{}", slot.name), slot.m.copy()?);
+            checkpoint.insert(format!("{MOMENT_V}{}", slot.name), slot.v.copy()?);
             steps.insert(slot.name.clone(), slot.step);
         }
         checkpoint.set_json(STEPS_KEY, &steps)
     }
 
-    /// Restores what [`save_state`](Self::save_state) wrote; nothing changes unless every
-    /// parameter's state is present with the right shape.
+    /// Restores what [`save_state`](Self::save_state) wrote, matching parameters by name;
+    /// nothing changes unless the saved state covers exactly this optimiser's parameters,
+    /// each with the right shape.
     ///
     /// # Errors
-    /// [`Error::MissingTensor`], [`Error::TensorShape`] or [`Error::Metadata`] naming the
-    /// entry at fault.
+    /// [`Error::UnnamedParameters`] as for [`save_state`](Self::save_state);
+    /// [`Error::OptimizerStateMismatch`] listing the parameters without saved state and
+    /// the saved ones this optimiser does not hold; [`Error::MissingTensor`],
+    /// [`Error::TensorShape`] or [`Error::Metadata`] naming the entry at fault.
     pub fn load_state(&mut self, checkpoint: &Checkpoint) -> crate::Result<()> {
+        self.ensure_named()?;
         let steps: BTreeMap<String, u64> = checkpoint.json(STEPS_KEY)?;
+        let ours: std::collections::BTreeSet<&str> =
+            self.slots.iter().map(|s| s.name.as_str()).collect();
+        let saved: std::collections::BTreeSet<&str> = steps
+            .keys()
+            .map(String::as_str)
+            .chain(checkpoint.tensors().keys().filter_map(|k| {
+                k.strip_prefix(MOMENT_M)
+                    .or_else(|| k.strip_prefix(MOMENT_V))
+            }))
+            .collect();
+        if ours != saved {
+            return Err(Error::OptimizerStateMismatch {
+                path: checkpoint.source().to_path_buf(),
+                missing: ours.difference(&saved).map(|s| s.to_string()).collect(),
+                unexpected: saved.difference(&ours).map(|s| s.to_string()).collect(),
+            });
+        }
         let mut restored = Vec::with_capacity(self.slots.len());
         for slot in &self.slots {
-            let m = checkpoint.tensor_like(
-                &format!("optimizer.adam.m.{}", slot.name),
-                slot.var.as_tensor(),
-            )?;
-            let v = checkpoint.tensor_like(
-                &format!("optimizer.adam.v.{}", slot.name),
-                slot.var.as_tensor(),
-            )?;
+            let m = checkpoint
+                .tensor_like(&format!("{MOMENT_M}{}", slot.name), slot.var.as_tensor())?;
+            let v = checkpoint
+                .tensor_like(&format!("{MOMENT_V}{}", slot.name), slot.var.as_tensor())?;
             let step = *steps.get(&slot.name).ok_or_else(|| Error::Metadata {
                 path: checkpoint.source().to_path_buf(),
                 key: STEPS_KEY.to_string(),
                 reason: format!("no step count for `{}`", slot.name),
             })?;
+            // The bias corrections raise β to the power t = step + 1 as an i32.
+            if step >= i32::MAX as u64 {
+                return Err(Error::Metadata {
+                    path: checkpoint.source().to_path_buf(),
+                    key: STEPS_KEY.to_string(),
+                    reason: format!(
+                        "step count {step} for `{}` is beyond the {} steps Adam can count",
+                        slot.name,
+                        i32::MAX - 1
+                    ),
+                });
+            }
             // Own buffers, not views of the checkpoint's (the fused step writes in place).
             restored.push((m.copy()?, v.copy()?, step));
         }
@@ -309,6 +459,7 @@ fn update(
         WeightDecay::L2 => (Some(weight_decay), None),
         WeightDecay::Decoupled => (None, Some(weight_decay)),
     };
+    check_gradients(slots, grads, sink)?;
     for slot in slots {
         let theta = slot.var.as_tensor();
         let sunk = sink.and_then(|sink| sink.gradient(theta));
@@ -362,17 +513,67 @@ fn update(
     Ok(())
 }
 
+/// Looks at every gradient an [`update`] would apply, before it changes anything:
+/// [`Error::NonFiniteGradient`] for the first parameter whose gradient (in `grads`, in
+/// `sink`, or their sum) holds a NaN or an infinity.
+fn check_gradients(
+    slots: &[Slot],
+    grads: &GradStore,
+    sink: Option<&GradSink>,
+) -> candle_core::Result<()> {
+    let bad = |slot: &Slot, value: f64| -> candle_core::Error {
+        finite::refuse(Error::NonFiniteGradient {
+            parameter: slot.name.clone(),
+            value,
+        })
+    };
+    // Buffers of the fused layers: a scan of host memory each.
+    for slot in slots {
+        if let Some(sunk) = sink.and_then(|sink| sink.gradient(slot.var.as_tensor())) {
+            if !finite::all_finite_f32(sunk) {
+                let value = finite::first_non_finite_f32(sunk).unwrap_or(f32::NAN);
+                return Err(bad(slot, f64::from(value)));
+            }
+        }
+    }
+    // candle's gradients: Σ g·0 is NaN exactly when g holds a NaN or an infinity; one
+    // read for all of them (one device sync), then a search only if one is bad.
+    let stored: Vec<(&Slot, &Tensor)> = slots
+        .iter()
+        .filter_map(|slot| grads.get(&slot.var).map(|g| (slot, g)))
+        .collect();
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let probes = stored
+        .iter()
+        .map(|(_, g)| (g.detach() * 0.0)?.sum_all()?.to_dtype(DType::F64))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let sums = Tensor::stack(&probes, 0)?.to_vec1::<f64>()?;
+    for ((slot, grad), sum) in stored.iter().zip(sums) {
+        if !sum.is_finite() {
+            let value = finite::first_non_finite(grad)?.unwrap_or(f64::NAN);
+            return Err(bad(slot, value));
+        }
+    }
+    Ok(())
+}
+
 impl candle_nn::Optimizer for Adam {
     type Config = AdamConfig;
 
-    /// Parameters are named `param.<index>` in the order given.
+    /// The parameters have no names: they are called `param.<index>` in the order given,
+    /// which is not stable across processes, so the state cannot be saved or loaded until
+    /// [`Adam::name_vars`] names them (see [State by name](Adam#state-by-name)).
     fn new(vars: Vec<Var>, config: AdamConfig) -> candle_core::Result<Self> {
         let named = vars
             .into_iter()
             .enumerate()
             .map(|(i, v)| (format!("param.{i}"), v))
             .collect();
-        Ok(Adam::new(named, config)?)
+        let mut adam = Adam::new(named, config)?;
+        adam.unnamed = true;
+        Ok(adam)
     }
 
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
@@ -388,6 +589,9 @@ impl candle_nn::Optimizer for Adam {
         self.config.lr
     }
 
+    /// Sets the rate as given: this method cannot return an error, so a rate that is not
+    /// finite and positive makes the next step fail instead ([`Adam::try_set_learning_rate`]
+    /// refuses it at once).
     fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
     }

@@ -130,6 +130,9 @@ impl ParamStore {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Var> {
+        if crate::error::elements(shape.dims()).is_none() {
+            return Err(crate::error::too_large("ParamStore::get", shape.dims()));
+        }
         let mut noise = NoiseSource::new(self.seed).substream(name_stream(name));
         let host = match init {
             // In f64 so an f64 parameter gets exactly `value`; `to_dtype` below rounds it

@@ -398,7 +398,12 @@ pub fn train_epoch<M: BatchModel + ?Sized, O: candle_nn::Optimizer>(
                 (loss, *reduction, out)
             }
         };
-        optimizer.backward_step(&loss)?;
+        // The non-finite guard (crate::finite): no backward, no step on a NaN/∞ loss.
+        let (epoch, next) = (state.epoch.saturating_add(1), step.saturating_add(1));
+        crate::finite::guard_step(&loss, || monitor_loss(&out)?.forward(&out, xs), epoch, next)?;
+        optimizer
+            .backward_step(&loss)
+            .map_err(|e| crate::finite::step_error(e, epoch, next))?;
         *step += 1;
         let monitored = monitor_loss(&out)?.forward(&out, xs)?;
         let batch_loss = per_example(&loss, reduction, n)?;

@@ -483,3 +483,188 @@ fn pytorch_state_dict_loads_and_matches_pytorch_outputs() -> Result<()> {
     )?;
     Ok(())
 }
+
+// ---- Names, not positions ---------------------------------------------------------------
+
+/// `store`'s variables in name order, with the entries of `a` and `b` swapped.
+fn vars_swapping(store: &ParamStore, a: &str, b: &str) -> Result<Vec<candle_core::Var>> {
+    let named = store.named_vars()?;
+    let position = |name: &str| {
+        named
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| anyhow::anyhow!("no parameter {name}"))
+    };
+    let (i, j) = (position(a)?, position(b)?);
+    let mut vars: Vec<_> = named.into_iter().map(|(_, v)| v).collect();
+    vars.swap(i, j);
+    Ok(vars)
+}
+
+/// Adam built through `candle_nn::Optimizer::new` sees only `Var`s, in whatever order the
+/// caller lists them (`VarMap::all_vars` is a `HashMap`'s order, new in every process).
+/// The moments of two parameters of the same shape (`fc21`, `fc22`) must not be swapped
+/// when a run resumes with the other order.
+#[test]
+fn adam_built_through_the_candle_trait_resumes_by_name_not_position() -> Result<()> {
+    use candle_nn::Optimizer;
+    let config = AdamConfig::new(1e-2);
+    let (store, vae) = model(1)?;
+    let mut opt = <Adam as Optimizer>::new(store.vars()?, config)?;
+    let mut noise = NoiseSource::new(9);
+    let straight = train(&vae, &mut opt, &mut noise, 10)?;
+
+    let (store, vae) = model(1)?;
+    let mut opt = <Adam as Optimizer>::new(store.vars()?, config)?;
+    let mut noise = NoiseSource::new(9);
+    train(&vae, &mut opt, &mut noise, 5)?;
+    let mut checkpoint = Checkpoint::from_params(&store)?;
+    // Unnamed, its state cannot be saved (by position it would be swapped below)…
+    match opt.save_state(&mut checkpoint) {
+        Err(Error::UnnamedParameters { count }) => assert_eq!(count, store.len()),
+        other => bail!("expected Error::UnnamedParameters, got {other:?}"),
+    }
+    // …until its Vars are matched, by identity, to their names in the VarMap.
+    opt.name_vars(store.varmap())?;
+    opt.save_state(&mut checkpoint)?;
+
+    // "Another process": the same parameters listed in another order.
+    let (store, vae) = model(123)?;
+    checkpoint.restore(&store)?;
+    let mut opt = <Adam as Optimizer>::new(
+        vars_swapping(&store, "enc.fc21.weight", "enc.fc22.weight")?,
+        config,
+    )?;
+    ensure!(
+        matches!(
+            opt.load_state(&checkpoint),
+            Err(Error::UnnamedParameters { .. })
+        ),
+        "an unnamed optimiser loaded state by position"
+    );
+    opt.name_vars(store.varmap())?;
+    opt.load_state(&checkpoint)?;
+    let rest = train(&vae, &mut opt, &mut noise, 5)?;
+    ensure!(
+        rest == straight[5..],
+        "resumed losses differ from the uninterrupted run's:\n{rest:?}\n{:?}",
+        &straight[5..]
+    );
+
+    // Loading checks names: state saved for other parameters is named, both ways.
+    let other = ParamStore::new(5);
+    let _enc = MlpEncoder::new(
+        &MlpEncoderConfig::new(10, &[8], 3),
+        other.var_builder(DType::F32, &CPU).pp("encoder"),
+    )?;
+    let mut opt = Adam::from_varmap(other.varmap(), config)?;
+    match opt.load_state(&checkpoint) {
+        Err(err) => {
+            let message = err.to_string();
+            let Error::OptimizerStateMismatch {
+                missing,
+                unexpected,
+                ..
+            } = err
+            else {
+                bail!("expected Error::OptimizerStateMismatch, got {message}");
+            };
+            for needle in ["encoder.fc1.weight", "enc.fc1.weight"] {
+                ensure!(message.contains(needle), "`{needle}` not in: {message}");
+            }
+            // The encoder-only optimiser holds 6 tensors; the file has state for 10.
+            assert_eq!((missing.len(), unexpected.len()), (6, 10));
+        }
+        Ok(()) => bail!("state saved for other parameters was loaded"),
+    }
+    Ok(())
+}
+
+#[test]
+fn restore_fails_when_the_store_lacks_tensors_of_the_file() -> Result<()> {
+    let dir = TempDir::new("restore-mismatch")?;
+    let path = dir.path().join("model.safetensors");
+    let (source, _) = model(1)?;
+    Checkpoint::from_params(&source)?.save(&path)?;
+    let loaded = Checkpoint::load(&path, &CPU)?;
+
+    // A store that holds none of the file's tensors.
+    let empty = ParamStore::new(0);
+    let Err(err) = loaded.restore(&empty) else {
+        bail!("restore into an empty store returned Ok");
+    };
+    ensure!(
+        err.to_string().contains("dec.fc4.weight"),
+        "the message does not name an unexpected tensor: {err}"
+    );
+
+    // A store with only the encoder: the decoder's tensors are unexpected.
+    let encoder_only = ParamStore::new(2);
+    let _enc = MlpEncoder::new(
+        &MlpEncoderConfig::new(10, &[8], 3),
+        encoder_only.var_builder(DType::F32, &CPU).pp("enc"),
+    )?;
+    let before = snapshot(&encoder_only)?;
+    let Err(err) = loaded.restore(&encoder_only) else {
+        bail!("restore of a full model into an encoder-only store returned Ok");
+    };
+    let message = err.to_string();
+    for needle in ["dec.fc3.weight", "dec.fc4.bias"] {
+        ensure!(message.contains(needle), "`{needle}` not in: {message}");
+    }
+    ensure!(
+        !message.contains("enc.fc1"),
+        "a matching tensor is listed: {message}"
+    );
+    assert_same_snapshot(
+        "store after a failed restore",
+        &before,
+        &snapshot(&encoder_only)?,
+    )?;
+    Ok(())
+}
+
+/// The pid of a process that has exited.
+fn dead_pid() -> Result<u32> {
+    let mut child = std::process::Command::new("true").spawn()?;
+    let pid = child.id();
+    child.wait()?;
+    Ok(pid)
+}
+
+#[test]
+fn stale_temporary_files_of_a_killed_save_are_removed_on_the_next_save_and_load() -> Result<()> {
+    if !std::path::Path::new("/proc/self").exists() {
+        eprintln!("skipped: no /proc to tell live processes from dead ones");
+        return Ok(());
+    }
+    let dir = TempDir::new("stale")?;
+    let path = dir.path().join("ckpt.safetensors");
+    let mut checkpoint = Checkpoint::new();
+    checkpoint.insert("a", Tensor::new(&[1f32, 2.0], &CPU)?);
+    // What a save killed before its rename leaves: `.<name>.<pid>.tmp`.
+    let stale = format!(".ckpt.safetensors.{}.tmp", dead_pid()?);
+    // A save in progress in a live process, another checkpoint's leftover, and a name
+    // that only looks similar: none of them may be touched.
+    let mut live = std::process::Command::new("sleep").arg("30").spawn()?;
+    let live_tmp = format!(".ckpt.safetensors.{}.tmp", live.id());
+    let other = format!(".other.safetensors.{}.tmp", dead_pid()?);
+    let odd = ".ckpt.safetensors.notapid.tmp".to_string();
+    for name in [&stale, &live_tmp, &other, &odd] {
+        std::fs::write(dir.path().join(name), b"partial")?;
+    }
+    checkpoint.save(&path)?;
+    let mut expected = vec![live_tmp.clone(), other.clone(), odd.clone()];
+    expected.push("ckpt.safetensors".to_string());
+    expected.sort();
+    let after_save = dir.entries()?;
+    // And on load.
+    std::fs::write(dir.path().join(&stale), b"partial")?;
+    Checkpoint::load(&path, &CPU)?;
+    let after_load = dir.entries()?;
+    live.kill()?;
+    live.wait()?;
+    assert_eq!(after_save, expected, "after save");
+    assert_eq!(after_load, expected, "after load");
+    Ok(())
+}

@@ -563,3 +563,85 @@ fn run_time_shape_errors_name_the_shapes() -> Result<()> {
     ensure!(msg.contains("[4, 3]") && msg.contains("[4, 2]"), "{msg}");
     Ok(())
 }
+
+/// `result` is an `Error::InvalidConfig` of `config` whose message names `field`.
+fn expect_invalid_field<T: std::fmt::Debug>(
+    result: candle_vae::Result<T>,
+    config: &str,
+    field: &str,
+) -> Result<()> {
+    match result {
+        Err(err @ Error::InvalidConfig { .. }) => {
+            let msg = err.to_string();
+            ensure!(
+                msg.contains(config) && msg.contains(field),
+                "expected {config}.{field}, got: {msg}"
+            );
+            Ok(())
+        }
+        other => bail!("{config}.{field}: expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn absurd_sizes_are_config_errors_not_panics() -> Result<()> {
+    let s = ParamStore::new(0);
+    // usize::MAX × 2 weights overflow usize; usize::MAX / 2 × 2 fit in usize but not in
+    // memory (more than isize::MAX bytes at 4 bytes each).
+    for input in [usize::MAX, usize::MAX / 2, 1 << 62] {
+        expect_invalid_field(
+            MlpEncoder::new(&MlpEncoderConfig::new(input, &[2], 2), vb(&s).pp("e")),
+            "MlpEncoderConfig",
+            "input_dim",
+        )?;
+    }
+    expect_invalid_field(
+        MlpEncoder::new(
+            &MlpEncoderConfig::new(4, &[2, usize::MAX], 2),
+            vb(&s).pp("e"),
+        ),
+        "MlpEncoderConfig",
+        "hidden",
+    )?;
+    expect_invalid_field(
+        MlpDecoder::new(&MlpDecoderConfig::new(2, &[2], usize::MAX), vb(&s).pp("d")),
+        "MlpDecoderConfig",
+        "output_dim",
+    )?;
+    expect_invalid_field(
+        MlpDecoder::new(
+            &MlpDecoderConfig::new(2, &[2], usize::MAX / 2).with_params_per_element(2),
+            vb(&s).pp("d"),
+        ),
+        "MlpDecoderConfig",
+        "output_dim",
+    )?;
+    // A (1, 2^40, 2^40) image has 2^80 pixels.
+    let huge = ImageShape::new(1, 1 << 40, 1 << 40);
+    expect_invalid_field(
+        ConvEncoder::new(&ConvEncoderConfig::new(huge, &[8], 2), vb(&s).pp("e")),
+        "ConvEncoderConfig",
+        "image",
+    )?;
+    expect_invalid_field(
+        ConvDecoder::new(&ConvDecoderConfig::new(2, huge, &[8]), vb(&s).pp("d")),
+        "ConvDecoderConfig",
+        "image",
+    )?;
+    // Sides that fit but whose flattened feature map times the head width does not.
+    let wide = ImageShape::new(1, 1 << 31, 1 << 31);
+    expect_invalid_field(
+        ConvEncoder::new(&ConvEncoderConfig::new(wide, &[8], 2), vb(&s).pp("e")),
+        "ConvEncoderConfig",
+        "image",
+    )?;
+    ensure!(s.is_empty(), "failed constructors left {} tensors", s.len());
+
+    // The store itself refuses a parameter it cannot allocate, with an error.
+    let vb = vb(&s);
+    for shape in [(usize::MAX, 2), (1 << 31, 1 << 31)] {
+        let result = vb.get(shape, "w");
+        ensure!(result.is_err(), "{shape:?}: a tensor was made");
+    }
+    Ok(())
+}

@@ -576,3 +576,140 @@ fn batches_carry_their_labels_and_layout() -> Result<()> {
     assert!(DataLoader::new(data, DataLoaderConfig::new(0)).is_err());
     Ok(())
 }
+
+// ---- MNIST folders ------------------------------------------------------------------------
+
+/// Writes MNIST's four files into `dir`: `train` and `test` images of `rows × cols`
+/// (labels 0, 1, 2, …).
+fn write_mnist(dir: &Path, train: u32, test: u32, rows: u32, cols: u32) -> Result<()> {
+    for (stem, count) in [("train", train), ("t10k", test)] {
+        let pixels = vec![7u8; (count * rows * cols) as usize];
+        write(
+            dir,
+            &format!("{stem}-images-idx3-ubyte"),
+            &idx_bytes(2051, &[count, rows, cols], &pixels),
+        )?;
+        let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+        write(
+            dir,
+            &format!("{stem}-labels-idx1-ubyte"),
+            &idx_bytes(2049, &[count], &labels),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn mnist_images_of_another_size_are_an_error_naming_the_file() -> Result<()> {
+    // 14 × 56 has MNIST's 784 pixels per image (it trained silently); 20 × 20 does not
+    // (it failed after a whole epoch with a shape error naming no file).
+    for (rows, cols) in [(14u32, 56u32), (20, 20)] {
+        let dir = tempfile::tempdir()?;
+        write_mnist(dir.path(), 3, 2, 28, 28)?;
+        let bad = write(
+            dir.path(),
+            "t10k-images-idx3-ubyte",
+            &idx_bytes(
+                2051,
+                &[2, rows, cols],
+                &vec![7u8; (2 * rows * cols) as usize],
+            ),
+        )?;
+        match Mnist::load(dir.path()).map(|m| (m.train.len(), m.test.len())) {
+            Err(err @ Error::Data { .. }) => {
+                let message = err.to_string();
+                let wanted = [
+                    bad.display().to_string(),
+                    "28 × 28".to_string(),
+                    format!("{rows} × {cols}"),
+                ];
+                for needle in &wanted {
+                    anyhow::ensure!(
+                        message.contains(needle.as_str()),
+                        "`{needle}` not in: {message}"
+                    );
+                }
+            }
+            other => bail!("{rows} × {cols}: expected Error::Data, got {other:?}"),
+        }
+    }
+    // MNIST-sized files load.
+    let dir = tempfile::tempdir()?;
+    write_mnist(dir.path(), 3, 2, 28, 28)?;
+    let mnist = Mnist::load(dir.path())?;
+    assert_eq!((mnist.train.len(), mnist.test.len()), (3, 2));
+    Ok(())
+}
+
+#[test]
+fn an_mnist_file_of_zero_images_is_an_error_naming_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_mnist(dir.path(), 3, 0, 28, 28)?;
+    match Mnist::load(dir.path()).map(|m| (m.train.len(), m.test.len())) {
+        Err(err @ Error::Data { .. }) => {
+            let message = err.to_string();
+            anyhow::ensure!(
+                message.contains("t10k-images-idx3-ubyte") && message.contains("0 images"),
+                "message: {message}"
+            );
+        }
+        other => bail!("expected Error::Data, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_folder_with_some_mnist_files_lists_only_the_missing_ones() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_mnist(dir.path(), 3, 2, 28, 28)?;
+    std::fs::remove_file(dir.path().join("t10k-images-idx3-ubyte"))?;
+    std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte"))?;
+    for (what, result) in [
+        ("locate", Mnist::locate(Some(dir.path())).map(|_| ())),
+        ("load", Mnist::load(dir.path()).map(|_| ())),
+    ] {
+        let message = match result {
+            Err(err @ Error::DataNotFound { .. }) => err.to_string(),
+            other => bail!("{what}: expected Error::DataNotFound, got {other:?}"),
+        };
+        for needle in ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+            anyhow::ensure!(
+                message.contains(needle),
+                "{what}: `{needle}` not in: {message}"
+            );
+        }
+        for present in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] {
+            anyhow::ensure!(
+                !message.contains(present),
+                "{what}: `{present}` is there but listed: {message}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_io_error_prints_its_cause_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let err = match idx::read_images(dir.path().join("nope")) {
+        Err(err @ Error::Io { .. }) => err,
+        other => bail!("expected Error::Io, got {other:?}"),
+    };
+    // What anyhow's `{:?}` prints: the message, then every source in turn.
+    let mut chain = vec![err.to_string()];
+    let mut source = std::error::Error::source(&err);
+    while let Some(inner) = source {
+        chain.push(inner.to_string());
+        source = inner.source();
+    }
+    let cause = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+    let os = "No such file or directory";
+    let printed = chain.join("\n");
+    anyhow::ensure!(printed.contains("nope"), "the path is not named: {printed}");
+    anyhow::ensure!(
+        printed.matches(os).count() + printed.matches(cause.as_str()).count() == 1,
+        "the cause is printed {} times:\n{printed}",
+        printed.matches(os).count() + printed.matches(cause.as_str()).count()
+    );
+    Ok(())
+}

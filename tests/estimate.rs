@@ -629,5 +629,16 @@ fn active_units_on_constructed_means() -> Result<()> {
         .is_err()
     );
     ensure!(ActiveUnits::from_means(Vec::<Tensor>::new(), 0.01).is_err());
+    // A threshold that is NaN (every comparison false: 0 active units), negative or
+    // infinite is an error naming it, not a count.
+    for bad in [f64::NAN, -0.01, f64::INFINITY] {
+        match ActiveUnits::from_means([tensor(&rows, &[8, 5])?], bad) {
+            Err(err @ candle_vae::Error::InvalidConfig { .. }) => ensure!(
+                err.to_string().contains("threshold"),
+                "threshold {bad}: {err}"
+            ),
+            other => anyhow::bail!("threshold {bad}: expected InvalidConfig, got {other:?}"),
+        }
+    }
     Ok(())
 }

@@ -235,6 +235,33 @@ fn a_file_of_the_wrong_size_is_a_data_error() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn an_olivetti_label_out_of_range_is_named_with_its_value() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let header = |magic: u32, dims: &[u32]| {
+        let mut bytes = magic.to_be_bytes().to_vec();
+        for d in dims {
+            bytes.extend_from_slice(&d.to_be_bytes());
+        }
+        bytes
+    };
+    let mut images = header(2051, &[400, 64, 64]);
+    images.extend(std::iter::repeat_n(9u8, 400 * 64 * 64));
+    let mut labels = header(2049, &[400]);
+    labels.extend((0..400u32).map(|i| (i / 10) as u8));
+    labels[8 + 123] = 45; // image 123 labelled 45: there are 40 people
+    std::fs::write(dir.path().join("olivetti-images-idx3-ubyte"), &images)?;
+    std::fs::write(dir.path().join("olivetti-labels-idx1-ubyte"), &labels)?;
+    match Olivetti::load_all(dir.path()).map(|d| d.len()) {
+        Err(Error::Data { reason, .. }) => ensure!(
+            reason.contains("45") && reason.contains("123") && reason.contains("0..40"),
+            "{reason}"
+        ),
+        other => bail!("expected a Data error, got {other:?}"),
+    }
+    Ok(())
+}
+
 // ---- Training ----------------------------------------------------------------------------
 
 /// The best test log-density, in nats per image, of any model that ignores its latent

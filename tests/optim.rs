@@ -101,3 +101,106 @@ fn parameters_without_gradient_are_left_alone() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Every value of `var`, as bits (NaN compares equal to itself here).
+fn bits(var: &Var) -> Result<Vec<u64>> {
+    Ok(values(var.as_tensor())?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
+#[test]
+fn a_bad_learning_rate_set_through_the_candle_trait_fails_the_next_step() -> Result<()> {
+    for bad in [f64::NAN, 0.0, -1e-3, f64::INFINITY] {
+        let p = Var::from_tensor(&tensor(&[0.5, -1.0, 2.0], &[3])?)?;
+        let mut opt = Adam::new(vec![("p".to_string(), p.clone())], AdamConfig::new(0.1))?;
+        opt.backward_step(&objective(p.as_tensor())?)?;
+        let before = bits(&p)?;
+        // `set_learning_rate` cannot return an error: the next step must.
+        candle_nn::Optimizer::set_learning_rate(&mut opt, bad);
+        let result = opt.backward_step(&objective(p.as_tensor())?);
+        let Err(err) = result else {
+            anyhow::bail!(
+                "lr {bad}: the step was taken, p = {:?}",
+                values(p.as_tensor())?
+            );
+        };
+        let message = err.to_string();
+        ensure!(
+            message.contains("lr") && message.contains(&format!("{bad:?}")),
+            "lr {bad}: the message names neither the rate nor its value: {message}"
+        );
+        ensure!(bits(&p)? == before, "lr {bad}: the failed step moved p");
+        // Through `step(&grads)` too.
+        let grads = objective(p.as_tensor())?.backward()?;
+        ensure!(
+            opt.step(&grads).is_err(),
+            "lr {bad}: step(&grads) was taken"
+        );
+        ensure!(
+            bits(&p)? == before,
+            "lr {bad}: the failed step(&grads) moved p"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_non_finite_gradient_is_an_error_and_changes_no_parameter() -> Result<()> {
+    // d√p/dp = 1/(2√p) is +∞ at p = 0 while the loss √0 + … is finite; q's gradient is
+    // finite. Neither parameter may move: a step would write NaN into p (m/√v = ∞/∞).
+    let p = Var::from_tensor(&tensor(&[0.0, 1.0, 4.0], &[3])?)?;
+    let q = Var::from_tensor(&tensor(&[0.5, -1.0, 2.0], &[3])?)?;
+    let mut opt = Adam::new(
+        vec![("p".to_string(), p.clone()), ("q".to_string(), q.clone())],
+        AdamConfig::new(0.1),
+    )?;
+    let (p0, q0) = (bits(&p)?, bits(&q)?);
+    let loss = (p.as_tensor().sqrt()?.sum_all()? + objective(q.as_tensor())?)?;
+    ensure!(values(&loss)?[0].is_finite(), "premise: the loss is finite");
+    let Err(err) = opt.backward_step(&loss) else {
+        anyhow::bail!(
+            "the step was taken: p = {:?}, q = {:?}",
+            values(p.as_tensor())?,
+            values(q.as_tensor())?
+        );
+    };
+    ensure!(
+        err.to_string().contains("`p`"),
+        "the message does not name the parameter: {err}"
+    );
+    ensure!(bits(&p)? == p0 && bits(&q)? == q0, "a parameter moved");
+    ensure!(
+        opt.steps() == 0,
+        "the step count advanced to {}",
+        opt.steps()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_non_finite_gradient_of_a_fused_layer_changes_no_parameter() -> Result<()> {
+    // f32 linear layers on the CPU write their gradients into Adam's own buffers (the
+    // fused path); a NaN among them must stop the step as well.
+    use candle_core::{DType, Device};
+    use candle_vae::{MlpDecoder, MlpDecoderConfig, ParamStore};
+    let store = ParamStore::new(3);
+    let decoder = MlpDecoder::new(
+        &MlpDecoderConfig::new(2, &[4], 3),
+        store.var_builder(DType::F32, &Device::Cpu),
+    )?;
+    let mut opt = Adam::from_store(&store, AdamConfig::new(0.1))?;
+    let before: Vec<Vec<u64>> = store.vars()?.iter().map(bits).collect::<Result<_>>()?;
+    let z = Tensor::new(&[[0.5f32, f32::NAN], [1.0, -1.0]], &Device::Cpu)?;
+    let loss = candle_core::Module::forward(&decoder, &z)?
+        .sqr()?
+        .sum_all()?;
+    ensure!(
+        opt.backward_step(&loss).is_err(),
+        "a step with NaN gradients was taken"
+    );
+    let after: Vec<Vec<u64>> = store.vars()?.iter().map(bits).collect::<Result<_>>()?;
+    ensure!(after == before, "a parameter moved");
+    Ok(())
+}

@@ -14,6 +14,7 @@ use candle_vae::{
     MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, Reduction,
     StandardLikelihood, Vae,
 };
+use candle_vae::{Error, NonFinitePart};
 
 type MlpVae = Vae<MlpEncoder, MlpDecoder>;
 
@@ -276,5 +277,162 @@ fn iwae_objective_trains() -> Result<()> {
         first.loss
     );
     assert_eq!(state.step, 5 * 6);
+    Ok(())
+}
+
+/// Every parameter's values as bits (NaN equal to itself).
+fn param_bits(params: &ParamStore) -> Result<Vec<(String, Vec<u32>)>> {
+    params
+        .named_vars()?
+        .into_iter()
+        .map(|(name, var)| {
+            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            Ok((name, values.iter().map(|v| v.to_bits()).collect()))
+        })
+        .collect()
+}
+
+/// Sets parameter `name` of `params` to `value` everywhere.
+fn poison(params: &ParamStore, name: &str, value: f32) -> Result<()> {
+    let (_, var) = params
+        .named_vars()?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .ok_or_else(|| anyhow::anyhow!("no parameter {name}"))?;
+    var.set(&var.as_tensor().ones_like()?.affine(0.0, f64::from(value))?)?;
+    Ok(())
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_before_the_step_naming_epoch_step_and_part() -> Result<()> {
+    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    // fc4 is the decoder's output layer: a NaN bias makes the reconstruction term NaN and
+    // leaves the KL finite. fc21 is the posterior mean: μ = 10³⁰ makes the KL overflow
+    // (μ²/2 > f32::MAX) while the reconstruction stays finite.
+    for (name, value, part, typed) in [
+        (
+            "fc4.bias",
+            f32::NAN,
+            "reconstruction",
+            NonFinitePart::Reconstruction,
+        ),
+        ("fc21.bias", 1e30, "KL", NonFinitePart::Kl),
+    ] {
+        let (params, vae, mut adam) = model(1)?;
+        let mut state = TrainingState::new(1);
+        // One good epoch first, so the failure is at epoch 2, step 11 (10 steps an epoch).
+        train_epoch(
+            &vae,
+            &mut adam,
+            &objective()?,
+            &loader,
+            &mut state,
+            &Device::Cpu,
+            |_, _| {},
+        )?;
+        state.epoch += 1;
+        poison(&params, name, value)?;
+        let before = param_bits(&params)?;
+        let result = train_epoch(
+            &vae,
+            &mut adam,
+            &objective()?,
+            &loader,
+            &mut state,
+            &Device::Cpu,
+            |_, _| {},
+        );
+        let err = match result {
+            Ok(summary) => anyhow::bail!("{name} = {value}: trained through it: {summary:?}"),
+            Err(err) => err,
+        };
+        let message = err.to_string();
+        for needle in ["epoch 2", "step 11", part] {
+            anyhow::ensure!(message.contains(needle), "`{needle}` not in: {message}");
+        }
+        match err {
+            Error::NonFinite {
+                epoch: 2,
+                step: 11,
+                part,
+                value: found,
+            } => {
+                assert_eq!(part, typed);
+                anyhow::ensure!(!found.is_finite(), "reported value {found}");
+            }
+            other => anyhow::bail!("expected Error::NonFinite at epoch 2, step 11, got {other:?}"),
+        }
+        anyhow::ensure!(
+            param_bits(&params)? == before,
+            "{name} = {value}: the step was taken"
+        );
+        assert_eq!(state.step, 10, "the refused step is not counted");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step() -> Result<()> {
+    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    // The crate's own setter refuses at once; the candle trait's cannot, so the next
+    // step does, and train_epoch passes on the typed error.
+    let (params, vae, mut adam) = model(1)?;
+    match adam.try_set_learning_rate(f64::NAN) {
+        Err(Error::InvalidConfig { field: "lr", .. }) => {}
+        other => anyhow::bail!("expected InvalidConfig for lr, got {other:?}"),
+    }
+    assert_eq!(adam.config().lr, 3e-3, "a refused rate was kept");
+    candle_nn::Optimizer::set_learning_rate(&mut adam, -1.0);
+    let before = param_bits(&params)?;
+    let mut state = TrainingState::new(1);
+    let result = train_epoch(
+        &vae,
+        &mut adam,
+        &objective()?,
+        &loader,
+        &mut state,
+        &Device::Cpu,
+        |_, _| {},
+    );
+    match result {
+        Err(Error::InvalidConfig {
+            field: "lr", value, ..
+        }) => assert_eq!(value, "-1.0"),
+        other => anyhow::bail!("expected InvalidConfig for lr, got {other:?}"),
+    }
+    anyhow::ensure!(param_bits(&params)? == before, "a step was taken");
+    assert_eq!(state.step, 0);
+
+    // A finite loss with an infinite gradient: with log σ² = 84 the KL term
+    // ½Σ(σ² − log σ² − 1 + μ²) ≈ 96 · 1.5·10³⁶ stays below f32::MAX, but its gradient
+    // with respect to the fc22 weights, Σ_n h_n · ½(σ² − 1), sums 32 hidden activations
+    // of ~10² (fc1's weights set to 10) and overflows. No NaN may reach the parameters.
+    let (params, vae, mut adam) = model(1)?;
+    poison(&params, "fc22.bias", 84.0)?;
+    poison(&params, "fc1.weight", 10.0)?;
+    let before = param_bits(&params)?;
+    let mut state = TrainingState::new(1);
+    let plain = Objective::Elbo(ElboLoss::new(
+        ElboLossConfig::default().with_reduction(Reduction::Sum),
+    )?);
+    let result = train_epoch(
+        &vae,
+        &mut adam,
+        &plain,
+        &loader,
+        &mut state,
+        &Device::Cpu,
+        |_, _| {},
+    );
+    match result {
+        Err(Error::NonFinite {
+            epoch: 1,
+            step: 1,
+            part: NonFinitePart::Gradient { parameter },
+            ..
+        }) => anyhow::ensure!(parameter.starts_with("fc"), "parameter {parameter}"),
+        other => anyhow::bail!("expected a non-finite gradient at epoch 1, step 1, got {other:?}"),
+    }
+    anyhow::ensure!(param_bits(&params)? == before, "a step was taken");
     Ok(())
 }

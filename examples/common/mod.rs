@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
-use candle_nn::Optimizer;
 use candle_vae::data::DataLoader;
 use candle_vae::train::{
     BatchModel, EpochRecord, LikelihoodEstimate, Objective, TrainingState, evaluate,
@@ -20,6 +19,7 @@ use candle_vae::{
     Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlEstimator, KlSchedule,
     NoiseSource, ParamStore, Reduction,
 };
+use candle_vae::{Checkpoint, finite};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -405,15 +405,24 @@ impl<M: BatchModel> Session<'_, M> {
         config: &C,
         mut after_epoch: impl FnMut(&M, &EpochRecord) -> Result<()>,
     ) -> Result<()> {
+        // A checkpoint that cannot be written should stop the run now, not after an epoch.
+        Checkpoint::check_writable(checkpoint).with_context(|| {
+            format!(
+                "the checkpoint (--save) {} cannot be written",
+                checkpoint.display()
+            )
+        })?;
         println!("{}", epoch_header());
         for record in &self.state.history {
             println!("{}", epoch_line(record));
         }
         while self.state.epoch < epochs {
             let epoch = self.state.epoch + 1;
-            self.optimizer.set_learning_rate(self.optim.lr_at(epoch));
+            self.optimizer
+                .try_set_learning_rate(self.optim.lr_at(epoch))
+                .with_context(|| format!("the learning rate of epoch {epoch}"))?;
             let bar = progress_bar(self.train.examples(), format!("epoch {epoch}"));
-            let summary = train_epoch(
+            let trained = train_epoch(
                 self.vae,
                 &mut self.optimizer,
                 &self.objective,
@@ -424,8 +433,11 @@ impl<M: BatchModel> Session<'_, M> {
                     bar.inc(n as u64);
                     bar.set_message(format!("loss {loss:.2}"));
                 },
-            )?;
+            );
             bar.finish_and_clear();
+            // A diverging run stops here, before a non-finite step (candle_vae::finite):
+            // the checkpoint keeps the last good epoch.
+            let summary = trained.inspect_err(|_| self.report_kept_checkpoint(checkpoint))?;
             let bar = progress_bar(self.test.examples(), "test");
             let mut test_noise = NoiseSource::new(self.seed).substream(TEST_STREAM);
             let eval = evaluate(self.vae, &self.test, &mut test_noise, &self.device, |n| {
@@ -443,6 +455,10 @@ impl<M: BatchModel> Session<'_, M> {
                 images_per_sec: summary.examples as f64 / summary.seconds.max(1e-9),
             };
             println!("{}", epoch_line(&record));
+            // Never replace a good checkpoint with non-finite weights.
+            let named = self.params.named_vars()?;
+            finite::check_parameters(named.iter().map(|(name, var)| (name.as_str(), var)))
+                .inspect_err(|_| self.report_kept_checkpoint(checkpoint))?;
             self.state.history.push(record.clone());
             self.state.epoch = epoch;
             self.state
@@ -451,6 +467,19 @@ impl<M: BatchModel> Session<'_, M> {
             after_epoch(self.vae, &record)?;
         }
         Ok(())
+    }
+
+    /// Says on stderr which epoch the checkpoint still holds, when a run stops on an error.
+    fn report_kept_checkpoint(&self, checkpoint: &Path) {
+        if self.state.epoch > 0 && checkpoint.is_file() {
+            eprintln!(
+                "{} still holds epoch {}, the last good one: it was not overwritten",
+                checkpoint.display(),
+                self.state.epoch
+            );
+        } else {
+            eprintln!("no checkpoint was written: no epoch completed");
+        }
     }
 
     /// The final evaluation on the whole test set: −ELBO, the IWAE bound −L_k and the

@@ -63,8 +63,8 @@ fn find_file(files: &DatasetFiles, dir: &Path, stem: &str) -> Result<PathBuf> {
     })
 }
 
-/// Checks that a loaded file holds `count` images of `height × width` (when given).
-fn check_size(
+/// Checks that a loaded file holds `count` images (when given) of `height × width`.
+pub(super) fn check_size(
     path: &Path,
     data: &ImageDataset,
     count: Option<usize>,
@@ -76,11 +76,11 @@ fn check_size(
     if fits {
         Ok(())
     } else {
-        let count = count.map_or_else(|| "N".to_string(), |c| c.to_string());
+        let count = count.map_or_else(String::new, |c| format!("{c} "));
         Err(Error::Data {
             path: path.to_path_buf(),
             reason: format!(
-                "expected {count} images of {height} × {width}, found {} of {} × {}",
+                "expected {count}images of {height} × {width}, found {} of {} × {}",
                 data.len(),
                 data.height(),
                 data.width()
@@ -193,13 +193,19 @@ impl Olivetti {
         let labels = find_file(&OLIVETTI_FILES, dir, OLIVETTI_FILES.stems[1])?;
         let all = ImageDataset::from_idx(&images, Some(&labels))?;
         check_size(&images, &all, Some(Self::LEN), Self::SIDE, Self::SIDE)?;
-        let labels_fit = all
+        let out_of_range = all
             .labels()
-            .is_some_and(|l| l.iter().all(|&p| usize::from(p) < Self::PEOPLE));
-        if !labels_fit {
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .find(|(_, p)| usize::from(**p) >= Self::PEOPLE);
+        if let Some((image, label)) = out_of_range {
             return Err(Error::Data {
                 path: labels,
-                reason: format!("expected person labels 0..{}", Self::PEOPLE),
+                reason: format!(
+                    "image {image} has label {label}; expected person labels 0..{}",
+                    Self::PEOPLE
+                ),
             });
         }
         Ok(all)

@@ -74,6 +74,26 @@ pub fn read(path: &Path, magic: u32) -> Result<IdxArray> {
     parse(&mut source, magic)
 }
 
+/// Parses the bytes of an IDX file held in memory (plain or gzip, recognised by the
+/// magic bytes), with the rules of [`read`]; errors name `name` as the file.
+///
+/// # Errors
+/// [`Error::Idx`] naming the rule if the bytes are not a valid IDX file with that magic
+/// number.
+pub fn parse_bytes(bytes: &[u8], magic: u32, name: &Path) -> Result<IdxArray> {
+    let gzip = bytes.starts_with(&GZIP_MAGIC);
+    let mut source = Source {
+        reader: if gzip {
+            Box::new(MultiGzDecoder::new(bytes)) as Box<dyn Read>
+        } else {
+            Box::new(bytes)
+        },
+        gzip,
+        path: name,
+    };
+    parse(&mut source, magic)
+}
+
 /// A byte stream with the knowledge needed to blame errors on the right cause.
 struct Source<'a> {
     reader: Box<dyn Read + 'a>,

@@ -27,6 +27,41 @@ impl DatasetFiles {
     pub fn present_in(&self, dir: &Path) -> bool {
         self.stems.iter().all(|stem| idx::find(dir, stem).is_some())
     }
+
+    /// The stems of the files `dir` lacks, in order.
+    pub fn missing_in(&self, dir: &Path) -> Vec<String> {
+        self.stems
+            .iter()
+            .filter(|stem| idx::find(dir, stem).is_none())
+            .map(|stem| stem.to_string())
+            .collect()
+    }
+
+    /// The error for `dir` holding only some (or none) of the files: it lists only the
+    /// missing ones.
+    pub(crate) fn not_found_in(&self, dir: &Path) -> Error {
+        let missing = self.missing_in(dir);
+        let hint = if missing.len() < self.stems.len() {
+            format!(
+                "{} holds the other file(s) but lacks {} (or .gz, or spelled with .idx); on a \
+                 machine with internet, download them from {}",
+                dir.display(),
+                missing.join(", "),
+                self.source
+            )
+        } else {
+            format!(
+                "On a machine with internet, download the files from {}",
+                self.source
+            )
+        };
+        Error::DataNotFound {
+            dataset: self.name.to_string(),
+            searched: vec![dir.to_path_buf()],
+            files: missing,
+            hint,
+        }
+    }
 }
 
 /// The directory that holds a dataset's files: `explicit` if given; otherwise the first of
@@ -38,19 +73,40 @@ impl DatasetFiles {
 pub fn resolve_data_dir(explicit: Option<&Path>, files: &DatasetFiles) -> Result<PathBuf> {
     let env = std::env::var_os(DATA_ENV);
     let candidates = candidate_dirs(explicit, env, files.name);
-    match candidates.iter().find(|dir| files.present_in(dir)) {
-        Some(dir) => Ok(dir.clone()),
-        None => Err(Error::DataNotFound {
-            dataset: files.name.to_string(),
-            searched: candidates,
-            files: files.stems.iter().map(|s| s.to_string()).collect(),
-            hint: format!(
-                "Give the directory with --data DIR, or set {DATA_ENV}=DIR with a `{}` folder \
-                 inside; on a machine with internet, download the files from {}",
-                files.name, files.source
-            ),
-        }),
+    if let Some(dir) = candidates.iter().find(|dir| files.present_in(dir)) {
+        return Ok(dir.clone());
     }
+    // A directory holding some of the files is almost certainly the one meant: name only
+    // what it lacks.
+    let partial = candidates
+        .iter()
+        .map(|dir| (dir, files.missing_in(dir)))
+        .filter(|(_, missing)| missing.len() < files.stems.len())
+        .min_by_key(|(_, missing)| missing.len());
+    let (listed, partly) = match partial {
+        Some((dir, missing)) => (
+            missing,
+            format!(
+                "{} holds the other file(s) of {}. ",
+                dir.display(),
+                files.name
+            ),
+        ),
+        None => (
+            files.stems.iter().map(|s| s.to_string()).collect(),
+            String::new(),
+        ),
+    };
+    Err(Error::DataNotFound {
+        dataset: files.name.to_string(),
+        searched: candidates,
+        files: listed,
+        hint: format!(
+            "{partly}Give the directory with --data DIR, or set {DATA_ENV}=DIR with a `{}` \
+             folder inside; on a machine with internet, download the files from {}",
+            files.name, files.source
+        ),
+    })
 }
 
 /// The directories [`resolve_data_dir`] searches, in order.

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::faces::check_size;
 use super::{DatasetFiles, ImageDataset, idx, resolve_data_dir};
 use crate::error::{Error, Result};
 
@@ -34,6 +35,11 @@ pub struct Mnist {
 }
 
 impl Mnist {
+    /// Image height (rows).
+    pub const HEIGHT: usize = 28;
+    /// Image width (columns).
+    pub const WIDTH: usize = 28;
+
     /// The directory holding MNIST: `explicit`, else `$CANDLE_VAE_DATA/mnist`, else
     /// `./data/mnist` (see [`resolve_data_dir`]).
     ///
@@ -43,30 +49,38 @@ impl Mnist {
         resolve_data_dir(explicit, &FILES)
     }
 
-    /// Loads the four files from `dir` (either spelling of the names, plain or `.gz`).
+    /// Loads the four files from `dir` (either spelling of the names, plain or `.gz`),
+    /// checking that every image is [`HEIGHT`](Self::HEIGHT) × [`WIDTH`](Self::WIDTH),
+    /// the size the MNIST models are built for (784 inputs, or a 1 × 28 × 28 image), and
+    /// that neither set is empty: a file of another size would otherwise train silently
+    /// (14 × 56 is also 784 pixels) or fail an epoch later without naming the file.
     ///
     /// # Errors
-    /// [`Error::DataNotFound`] if a file is missing; [`Error::Io`] or [`Error::Idx`] if
-    /// one cannot be read or is malformed.
+    /// [`Error::DataNotFound`] listing the files `dir` lacks; [`Error::Io`] or
+    /// [`Error::Idx`] if one cannot be read or is malformed; [`Error::Data`] naming the
+    /// image file that holds images of another size, or none.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let mut paths = Vec::with_capacity(FILES.stems.len());
-        for stem in FILES.stems {
-            let path = idx::find(dir, stem).ok_or_else(|| Error::DataNotFound {
-                dataset: FILES.name.to_string(),
-                searched: vec![dir.to_path_buf()],
-                files: FILES.stems.iter().map(|s| s.to_string()).collect(),
-                hint: format!(
-                    "{stem} (or {stem}.gz, or spelled with .idx) is missing; on a machine \
-                     with internet, download the files from {}",
-                    FILES.source
-                ),
-            })?;
-            paths.push(path);
-        }
+        let paths = FILES
+            .stems
+            .iter()
+            .map(|stem| idx::find(dir, stem))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| FILES.not_found_in(dir))?;
+        let load = |images: &PathBuf, labels: &PathBuf| -> Result<ImageDataset> {
+            let data = ImageDataset::from_idx(images, Some(labels))?;
+            check_size(images, &data, None, Self::HEIGHT, Self::WIDTH)?;
+            if data.is_empty() {
+                return Err(Error::Data {
+                    path: images.clone(),
+                    reason: "holds 0 images; expected at least one".to_string(),
+                });
+            }
+            Ok(data)
+        };
         Ok(Self {
-            train: ImageDataset::from_idx(&paths[0], Some(&paths[1]))?,
-            test: ImageDataset::from_idx(&paths[2], Some(&paths[3]))?,
+            train: load(&paths[0], &paths[1])?,
+            test: load(&paths[2], &paths[3])?,
         })
     }
 }

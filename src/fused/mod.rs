@@ -57,7 +57,7 @@ mod conv;
 pub(crate) mod elbo;
 mod gemm;
 pub(crate) mod linear;
-mod math;
+pub(crate) mod math;
 mod parallel;
 pub(crate) mod sink;
 mod storage;
