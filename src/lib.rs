@@ -97,9 +97,12 @@ pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
 pub use error::{Error, IdxProblem, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
-pub use layers::Activation;
 pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
-pub use likelihood::{GaussianMean, GaussianVariance, Likelihood, StandardLikelihood};
+pub use layers::Activation;
+pub use likelihood::{
+    DiscretizedLogistic, Dispersion, GaussianMean, GaussianVariance, Likelihood, NegativeBinomial,
+    Poisson, StandardLikelihood, ZeroInflatedNegativeBinomial,
+};
 pub use loss::{Elbo, ElboLoss, ElboLossConfig, KlEstimator, KlSchedule, Reduction};
 pub use mlp::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig};
 pub use noise::{NoiseSource, NoiseState};
