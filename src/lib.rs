@@ -97,8 +97,8 @@ pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
 pub use error::{Error, IdxProblem, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
-pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
 pub use layers::Activation;
+pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
 pub use likelihood::{
     DiscretizedLogistic, Dispersion, GaussianMean, GaussianVariance, Likelihood, NegativeBinomial,
     Poisson, StandardLikelihood, ZeroInflatedNegativeBinomial,
