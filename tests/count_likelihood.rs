@@ -6,10 +6,11 @@
 
 use std::io::Write;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_vae::data::split::Split;
 use candle_vae::data::{CelltypistSample, CountDataset, Pbmc68kReduced};
+use candle_vae::fused::{FusedKernels, with_fused_kernels};
 use candle_vae::{
     DiscretizedLogistic, Dispersion, Error, Likelihood, NegativeBinomial, NoiseSource, ParamStore,
     Poisson, ZeroInflatedNegativeBinomial,
@@ -280,8 +281,84 @@ const LOGISTIC_TAILS: [(usize, f64, f64, f64); 6] = [
     (100, 0.5, 8.0, -14.927557906605553),
 ];
 
+/// Runs `check` with the CPU count kernel and with the plain candle ops
+/// ([`with_fused_kernels`]): both must pass.
+fn on_both_paths(check: fn() -> Result<()>) -> Result<()> {
+    for kernels in [FusedKernels::ALL, FusedKernels::NONE] {
+        with_fused_kernels(kernels, check).with_context(|| format!("with {kernels:?}"))?;
+    }
+    Ok(())
+}
+
+/// The CPU kernel's closed-form gradients against candle's autograd of the candle-op
+/// forms, and its values against theirs, over a grid that crosses every branch (x = 0,
+/// θ on both sides of 10, μ ≶ θ, extreme logits), in f64.
+#[test]
+fn kernel_matches_the_candle_op_forms_and_their_gradients() -> Result<()> {
+    let mut rows = Vec::new();
+    for x in [0.0f64, 1.0, 3.0, 17.0, 1e5] {
+        for m in [-30.0f64, -2.0, 0.5, 2.3, 9.0, 30.0] {
+            for t in [-18.4f64, -1.0, 2.2, 2.31, 5.0, 25.0] {
+                for p in [-30.0f64, -1.0, 0.7, 30.0] {
+                    rows.push([x, m, t, p]);
+                }
+            }
+        }
+    }
+    let n = rows.len();
+    let col = |j: usize| -> Result<Tensor> {
+        Ok(Tensor::new(rows.iter().map(|r| r[j]).collect::<Vec<f64>>(), &CPU)?.reshape((n, 1))?)
+    };
+    let x = col(0)?;
+    let eval = |kernels: FusedKernels, arity: usize| -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+        with_fused_kernels(kernels, || {
+            let vars: Vec<Var> = (1..=arity)
+                .map(|j| Ok(Var::from_tensor(&col(j)?)?))
+                .collect::<Result<_>>()?;
+            let params = Tensor::cat(&vars.iter().map(|v| v.as_tensor()).collect::<Vec<_>>(), 1)?;
+            let lp = match arity {
+                1 => Poisson.log_prob(&x, &params)?,
+                2 => NegativeBinomial::new().log_prob(&x, &params)?,
+                _ => ZeroInflatedNegativeBinomial::new().log_prob(&x, &params)?,
+            };
+            let grads = finite_grads(&lp.sum_all()?, &vars.iter().collect::<Vec<_>>())?;
+            Ok((lp.to_vec1::<f64>()?, grads))
+        })
+    };
+    for arity in 1..=3 {
+        let (kv, kg) = eval(FusedKernels::ALL, arity)?;
+        let (ov, og) = eval(FusedKernels::NONE, arity)?;
+        for i in 0..n {
+            let scale =
+                rows[i][0] * (rows[i][0] + 1.0).ln() + rows[i][1].exp() + rows[i][2].exp().min(1e6);
+            ensure!(
+                (kv[i] - ov[i]).abs() <= 1e-12 * scale.max(1.0),
+                "arity {arity} value at {:?}: {} vs {}",
+                rows[i],
+                kv[i],
+                ov[i]
+            );
+            for (j, (a, b)) in kg.iter().zip(&og).enumerate() {
+                let tol = 1e-7 * b[i].abs().max(1.0) + 1e-13 * scale;
+                ensure!(
+                    (a[i] - b[i]).abs() <= tol,
+                    "arity {arity} ∂{j} at {:?}: kernel {} vs autograd {}",
+                    rows[i],
+                    a[i],
+                    b[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn poisson_log_prob_matches_scipy() -> Result<()> {
+    on_both_paths(poisson_log_prob_matches_scipy_on)
+}
+
+fn poisson_log_prob_matches_scipy_on() -> Result<()> {
     let xs: Vec<f64> = POISSON_REF.iter().map(|r| r.0).collect();
     let m: Vec<f64> = POISSON_REF.iter().map(|r| r.1).collect();
     // The terms x·log μ, μ and ln x! are each rounded to the dtype's precision; the result
@@ -306,6 +383,10 @@ fn poisson_log_prob_matches_scipy() -> Result<()> {
 
 #[test]
 fn negative_binomial_log_prob_matches_closed_form() -> Result<()> {
+    on_both_paths(negative_binomial_log_prob_matches_closed_form_on)
+}
+
+fn negative_binomial_log_prob_matches_closed_form_on() -> Result<()> {
     let xs: Vec<f64> = NB_REF.iter().map(|r| r.0).collect();
     let m: Vec<f64> = NB_REF.iter().map(|r| r.1).collect();
     let t: Vec<f64> = NB_REF.iter().map(|r| r.2).collect();
@@ -328,6 +409,10 @@ fn negative_binomial_log_prob_matches_closed_form() -> Result<()> {
 
 #[test]
 fn zinb_log_prob_matches_closed_form() -> Result<()> {
+    on_both_paths(zinb_log_prob_matches_closed_form_on)
+}
+
+fn zinb_log_prob_matches_closed_form_on() -> Result<()> {
     let xs: Vec<f64> = ZINB_REF.iter().map(|r| r.0).collect();
     let m: Vec<f64> = ZINB_REF.iter().map(|r| r.1).collect();
     let t: Vec<f64> = ZINB_REF.iter().map(|r| r.2).collect();
@@ -361,6 +446,10 @@ fn total_mass<L: Likelihood>(lik: &L, max: usize, groups: &[f64]) -> Result<f64>
 
 #[test]
 fn count_probabilities_sum_to_one() -> Result<()> {
+    on_both_paths(count_probabilities_sum_to_one_on)
+}
+
+fn count_probabilities_sum_to_one_on() -> Result<()> {
     let ln = f64::ln;
     let poisson = [(60, ln(3.7)), (400, ln(150.0)), (40, -30.0)];
     for (max, m) in poisson {
@@ -510,6 +599,10 @@ fn finite_grads(loss: &Tensor, vars: &[&Var]) -> Result<Vec<Vec<f64>>> {
 
 #[test]
 fn gradients_are_finite_at_extreme_parameters() -> Result<()> {
+    on_both_paths(gradients_are_finite_at_extreme_parameters_on)
+}
+
+fn gradients_are_finite_at_extreme_parameters_on() -> Result<()> {
     // Every combination of x ∈ {0, 1, 1e5}, log μ, log θ ∈ {−30, 0, 30}, logit π ∈ {±30},
     // in f32, the dtype of training.
     let mut rows = Vec::new();
@@ -559,6 +652,10 @@ fn gradients_are_finite_at_extreme_parameters() -> Result<()> {
 /// ∂/∂ log θ against a central finite difference.
 #[test]
 fn nb_gradients_match_closed_form() -> Result<()> {
+    on_both_paths(nb_gradients_match_closed_form_on)
+}
+
+fn nb_gradients_match_closed_form_on() -> Result<()> {
     let cases = [
         (0.0f64, 30.0f64, -18.4f64),
         (3.0, -30.0, 0.0),
