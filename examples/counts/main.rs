@@ -693,6 +693,7 @@ fn true_log_likelihood(truth: &Synthetic, x: &Tensor) -> Result<Vec<f64>> {
 
 /// R² of the least-squares regression (with intercept) of each column of `target` (N, T)
 /// on `inputs` (N, D), by the normal equations in f64.
+#[allow(clippy::needless_range_loop)] // index arithmetic reads as the algebra
 fn r_squared(inputs: &Tensor, target: &Tensor) -> Result<Vec<f64>> {
     let x = inputs.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     let y = target.to_dtype(DType::F64)?.to_vec2::<f64>()?;
@@ -732,6 +733,7 @@ fn r_squared(inputs: &Tensor, target: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// Solves A x = b by Gaussian elimination with partial pivoting.
+#[allow(clippy::needless_range_loop)] // index arithmetic reads as the algebra
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let n = b.len();
     for col in 0..n {
