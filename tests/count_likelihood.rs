@@ -794,12 +794,7 @@ fn parameter_layout_mismatch_is_a_shape_error() -> Result<()> {
 /// ln p of all 256 bins for one (μ, log-scale) in `dtype`.
 fn logistic_bins(mu: f64, s: f64, dtype: DType) -> Result<Vec<f64>> {
     let xs: Vec<f64> = (0..256).map(|k| k as f64 / 255.0).collect();
-    row_log_probs(
-        &DiscretizedLogistic,
-        &xs,
-        &[&[mu; 256], &[s; 256]],
-        dtype,
-    )
+    row_log_probs(&DiscretizedLogistic, &xs, &[&[mu; 256], &[s; 256]], dtype)
 }
 
 #[test]
