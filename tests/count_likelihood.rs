@@ -1139,3 +1139,66 @@ fn real_celltypist_counts_match_the_readme() -> Result<()> {
     ensure!(data.labels().is_none(), "unexpected labels");
     Ok(())
 }
+
+/// The count likelihoods compose into a `Vae`: a decoder with P·C outputs fits, one with
+/// the wrong P is refused at construction, and a training step and the IS log-likelihood
+/// are finite (a ZINB decoder of 3·C outputs is an `MlpDecoder` with P = 1, since its
+/// config takes P ≤ 2).
+#[test]
+fn count_likelihoods_compose_into_a_vae() -> Result<()> {
+    use candle_vae::estimate::{self, ImportanceSamplingConfig};
+    use candle_vae::{
+        Adam, AdamConfig, ElboLoss, ElboLossConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+        MlpEncoderConfig, Vae,
+    };
+    let genes = 6;
+    let store = ParamStore::new(3);
+    let vb = store.var_builder(DType::F32, &CPU);
+    let enc = MlpEncoder::new(&MlpEncoderConfig::new(genes, &[8], 2), vb.pp("enc"))?;
+    let wrong = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], genes), vb.pp("wrong"))?;
+    match Vae::new(enc.clone(), wrong, NegativeBinomial::new()) {
+        Err(Error::DataShapeMismatch {
+            params_per_element: 2,
+            ..
+        }) => {}
+        other => anyhow::bail!("NB with a P = 1 decoder: {:?}", other.err()),
+    }
+    let dec = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], 3 * genes), vb.pp("dec"))?;
+    let vae = Vae::new(enc, dec, ZeroInflatedNegativeBinomial::new())?;
+    let mut noise = NoiseSource::new(1);
+    let xs = noise
+        .uniform((16, genes), DType::F32, &CPU)?
+        .affine(6.0, 0.0)?
+        .floor()?;
+    let mut adam = Adam::from_store(&store, AdamConfig::new(1e-2))?;
+    let loss = ElboLoss::new(ElboLossConfig::default())?;
+    let first = loss
+        .forward(&vae.forward_t(&xs, &mut noise, true)?, &xs)?
+        .loss
+        .to_scalar::<f32>()?;
+    for _ in 0..50 {
+        let elbo = loss.forward(&vae.forward_t(&xs, &mut noise, true)?, &xs)?;
+        adam.backward_step(&elbo.loss)?;
+    }
+    let last = loss
+        .forward(&vae.forward_t(&xs, &mut noise, true)?, &xs)?
+        .loss
+        .to_scalar::<f32>()?;
+    ensure!(
+        first.is_finite() && last.is_finite() && last < first,
+        "−ELBO {first} → {last}"
+    );
+    let ll = estimate::log_likelihood(&vae, &xs, &ImportanceSamplingConfig::new(64), &mut noise)?;
+    let ll = ll.to_vec1::<f64>()?;
+    // log p(x) ≥ the ELBO in expectation, and ≤ 0 for a probability mass.
+    ensure!(
+        ll.iter().all(|l| l.is_finite() && *l <= 0.0),
+        "IS log p(x) {ll:?}"
+    );
+    let mean = ll.iter().sum::<f64>() / ll.len() as f64;
+    ensure!(
+        mean >= -f64::from(last) - 1.0,
+        "IS {mean} below −ELBO {last}"
+    );
+    Ok(())
+}
