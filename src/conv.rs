@@ -409,11 +409,11 @@ impl ConvDecoderConfig {
             "must be > 0 when set",
         )?;
         ensure(
-            (1..=2).contains(&self.params_per_element),
+            self.params_per_element >= 1,
             "ConvDecoderConfig",
             "params_per_element",
             self.params_per_element,
-            "must be 1 or 2",
+            "must be ≥ 1 (one per parameter of the likelihood)",
         )?;
         // z → hidden → the projection onto the last feature map, checked.
         let flat = flat_width(self.image, &self.channels);

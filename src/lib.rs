@@ -102,7 +102,10 @@ pub use error::{Error, IdxProblem, MAX_ELEMENTS, NonFinitePart, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
 pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
 pub use layers::Activation;
-pub use likelihood::{GaussianMean, GaussianVariance, Likelihood, StandardLikelihood};
+pub use likelihood::{
+    DiscretizedLogistic, Dispersion, GaussianMean, GaussianVariance, Likelihood, NegativeBinomial,
+    Poisson, StandardLikelihood, ZeroInflatedNegativeBinomial,
+};
 pub use loss::{Elbo, ElboLoss, ElboLossConfig, KlEstimator, KlSchedule, Reduction};
 pub use mlp::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig};
 pub use noise::{NoiseSource, NoiseState};

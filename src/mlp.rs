@@ -249,11 +249,11 @@ impl MlpDecoderConfig {
             "must be > 0",
         )?;
         ensure(
-            (1..=2).contains(&self.params_per_element),
+            self.params_per_element >= 1,
             "MlpDecoderConfig",
             "params_per_element",
             self.params_per_element,
-            "must be 1 or 2",
+            "must be ≥ 1 (one per parameter of the likelihood)",
         )?;
         ensure(
             self.hidden.iter().all(|&h| h > 0),

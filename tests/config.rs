@@ -109,11 +109,11 @@ fn mlp_configs_reject_zero_sizes() -> Result<()> {
         "> 0",
     )?;
     expect_invalid(
-        dec(MlpDecoderConfig::new(2, &[4], 6).with_params_per_element(3)),
+        dec(MlpDecoderConfig::new(2, &[4], 6).with_params_per_element(0)),
         "MlpDecoderConfig",
         "params_per_element",
-        "3",
-        "1 or 2",
+        "0",
+        "≥ 1",
     )?;
     // Nothing was created by the failed constructors.
     ensure!(s.is_empty(), "failed constructors left {} tensors", s.len());

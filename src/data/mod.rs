@@ -31,6 +31,7 @@
 //! # Ok::<(), candle_vae::Error>(())
 //! ```
 
+pub mod counts;
 mod dataset;
 pub mod faces;
 pub mod idx;
@@ -39,6 +40,7 @@ mod location;
 pub mod mnist;
 pub mod split;
 
+pub use counts::{CelltypistSample, CountDataset, Pbmc68kReduced};
 pub use dataset::{Binarization, ImageDataset, Layout};
 pub use faces::{FreyFace, Olivetti};
 pub use loader::{Batch, DataLoader, DataLoaderConfig, Epoch, Order};

@@ -22,6 +22,8 @@ use candle_core::{D, Tensor};
 use crate::error::Error;
 use crate::noise::NoiseSource;
 
+pub use count::{Dispersion, NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial};
+pub use logistic::DiscretizedLogistic;
 pub use standard::{GaussianMean, GaussianVariance, StandardLikelihood};
 
 /// An observation model p(x|z), parameterised by the decoder's output.
