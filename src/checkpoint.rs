@@ -1,7 +1,7 @@
 //! Checkpoints: named tensors plus string metadata in one safetensors file, written
 //! atomically.
 //!
-//! A checkpoint holds the model's parameters under their [`ParamStore`] names, optionally
+//! A checkpoint holds the model's parameters under their [`ParamStore`](crate::ParamStore) names, optionally
 //! the optimiser's state (see [`Adam::save_state`](crate::Adam::save_state)), and metadata:
 //! the model's configuration as JSON, the epoch, the noise state — whatever the caller
 //! stores with [`Checkpoint::set_json`]. Because the format is plain safetensors, a PyTorch
@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::params::ParamStore;
+use crate::params::Parameters;
 
 /// Named tensors and metadata, saved to and loaded from safetensors.
 #[derive(Debug, Clone, Default)]
@@ -38,13 +38,14 @@ impl Checkpoint {
         Self::default()
     }
 
-    /// A checkpoint holding every parameter of `store`.
+    /// A checkpoint holding every parameter of `store` (a [`ParamStore`](crate::ParamStore), a `VarMap`, or
+    /// anything that implements [`Parameters`]).
     ///
     /// # Errors
     /// If the store's lock is poisoned.
-    pub fn from_params(store: &ParamStore) -> Result<Self> {
+    pub fn from_params<P: Parameters + ?Sized>(store: &P) -> Result<Self> {
         let mut checkpoint = Self::new();
-        for (name, var) in store.named_vars()? {
+        for (name, var) in store.named_parameters()? {
             checkpoint.insert(name, var.as_tensor().clone());
         }
         Ok(checkpoint)
@@ -140,8 +141,8 @@ impl Checkpoint {
     /// not (and those the store holds and the file does not); [`Error::MissingTensor`] if
     /// the file only lacks tensors, naming the first; [`Error::TensorShape`] naming the
     /// first tensor of another shape.
-    pub fn restore(&self, store: &ParamStore) -> Result<()> {
-        let vars = store.named_vars()?;
+    pub fn restore<P: Parameters + ?Sized>(&self, store: &P) -> Result<()> {
+        let vars = store.named_parameters()?;
         let unexpected: Vec<String> = self
             .tensors
             .keys()

@@ -109,8 +109,8 @@ pub use likelihood::{
 pub use loss::{Elbo, ElboLoss, ElboLossConfig, KlEstimator, KlSchedule, Reduction};
 pub use mlp::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig};
 pub use noise::{NoiseSource, NoiseState};
-pub use optim::{Adam, AdamConfig, WeightDecay};
-pub use params::ParamStore;
+pub use optim::{Adam, AdamConfig, OptimizerState, WeightDecay};
+pub use params::{ParamStore, Parameters};
 pub use prior::{
     GaussianPrior, MixturePrior, MixturePriorConfig, Prior, StandardNormal, VampPrior,
     VampPriorConfig,

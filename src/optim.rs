@@ -383,6 +383,18 @@ impl Adam {
     /// the saved ones this optimiser does not hold; [`Error::MissingTensor`],
     /// [`Error::TensorShape`] or [`Error::Metadata`] naming the entry at fault.
     pub fn load_state(&mut self, checkpoint: &Checkpoint) -> crate::Result<()> {
+        let restored = self.restored_slots(checkpoint)?;
+        for (slot, (m, v, step)) in self.slots.iter_mut().zip(restored) {
+            slot.m = m;
+            slot.v = v;
+            slot.step = step;
+        }
+        Ok(())
+    }
+
+    /// The moments and step counts [`load_state`](Self::load_state) would set, every
+    /// rule checked, nothing changed.
+    fn restored_slots(&self, checkpoint: &Checkpoint) -> crate::Result<Vec<(Tensor, Tensor, u64)>> {
         self.ensure_named()?;
         let steps: BTreeMap<String, u64> = checkpoint.json(STEPS_KEY)?;
         let ours: std::collections::BTreeSet<&str> =
@@ -428,11 +440,61 @@ impl Adam {
             // Own buffers, not views of the checkpoint's (the fused step writes in place).
             restored.push((m.copy()?, v.copy()?, step));
         }
-        for (slot, (m, v, step)) in self.slots.iter_mut().zip(restored) {
-            slot.m = m;
-            slot.v = v;
-            slot.step = step;
-        }
+        Ok(restored)
+    }
+}
+
+/// An optimiser whose state can go into a [`Checkpoint`], so that a resumed run repeats
+/// the uninterrupted one bit for bit.
+///
+/// Implemented for this crate's [`Adam`] (its moments and step counts, keyed by
+/// parameter name) and for candle's `SGD` (which has no state). candle-nn 0.11's `AdamW`
+/// keeps its moments private, so it cannot implement it: train with it, but resume with
+/// [`Adam`] configured as AdamW ([`WeightDecay::Decoupled`]) where resumes must be exact.
+pub trait OptimizerState {
+    /// Writes the state into `checkpoint`.
+    ///
+    /// # Errors
+    /// If the state cannot be written.
+    fn save_state(&self, checkpoint: &mut Checkpoint) -> crate::Result<()>;
+
+    /// Checks that `checkpoint` holds a state this optimiser can load, changing nothing.
+    ///
+    /// # Errors
+    /// Naming what does not fit.
+    fn check_state(&self, checkpoint: &Checkpoint) -> crate::Result<()>;
+
+    /// Restores the state; nothing changes on error.
+    ///
+    /// # Errors
+    /// As [`check_state`](Self::check_state).
+    fn load_state(&mut self, checkpoint: &Checkpoint) -> crate::Result<()>;
+}
+
+impl OptimizerState for Adam {
+    fn save_state(&self, checkpoint: &mut Checkpoint) -> crate::Result<()> {
+        Adam::save_state(self, checkpoint)
+    }
+
+    fn check_state(&self, checkpoint: &Checkpoint) -> crate::Result<()> {
+        self.restored_slots(checkpoint).map(|_| ())
+    }
+
+    fn load_state(&mut self, checkpoint: &Checkpoint) -> crate::Result<()> {
+        Adam::load_state(self, checkpoint)
+    }
+}
+
+impl OptimizerState for candle_nn::SGD {
+    fn save_state(&self, _checkpoint: &mut Checkpoint) -> crate::Result<()> {
+        Ok(())
+    }
+
+    fn check_state(&self, _checkpoint: &Checkpoint) -> crate::Result<()> {
+        Ok(())
+    }
+
+    fn load_state(&mut self, _checkpoint: &Checkpoint) -> crate::Result<()> {
         Ok(())
     }
 }

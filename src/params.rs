@@ -224,3 +224,36 @@ fn name_stream(name: &str) -> u64 {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
+
+/// A named set of trainable parameters: what [`Checkpoint`](crate::Checkpoint)s save and
+/// restore and [`TrainingState`](crate::train::TrainingState) resumes.
+///
+/// Implemented for this crate's [`ParamStore`] and for candle's own `VarMap`, so a candle
+/// user's parameters checkpoint as they are. (A `VarMap` initialises from candle's
+/// unseeded generator: use a `ParamStore`, which is a `VarMap` with seeded initial values,
+/// where runs must repeat.)
+pub trait Parameters {
+    /// Every parameter with its name, sorted by name.
+    ///
+    /// # Errors
+    /// If the parameters cannot be read (a poisoned lock).
+    fn named_parameters(&self) -> candle_core::Result<Vec<(String, Var)>>;
+}
+
+impl Parameters for ParamStore {
+    fn named_parameters(&self) -> candle_core::Result<Vec<(String, Var)>> {
+        self.named_vars()
+    }
+}
+
+impl Parameters for VarMap {
+    fn named_parameters(&self) -> candle_core::Result<Vec<(String, Var)>> {
+        let data = lock(self.data())?;
+        let mut vars: Vec<(String, Var)> = data
+            .iter()
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(vars)
+    }
+}

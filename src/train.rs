@@ -46,8 +46,8 @@ use crate::estimate::{
 use crate::likelihood::Likelihood;
 use crate::loss::{ElboLoss, ElboLossConfig, KlEstimator, Reduction};
 use crate::noise::{NoiseSource, NoiseState};
-use crate::optim::Adam;
-use crate::params::ParamStore;
+use crate::optim::OptimizerState;
+use crate::params::Parameters;
 use crate::prior::Prior;
 use crate::reparameterize::Reparameterize;
 use crate::vae::{ConditionalVae, Vae, VaeOutput};
@@ -243,13 +243,17 @@ impl TrainingState {
     ///
     /// # Errors
     /// [`Error::Io`](crate::Error::Io) naming the file; serialisation errors.
-    pub fn save<C: Serialize + ?Sized>(
+    pub fn save<C: Serialize + ?Sized, P, O>(
         &self,
         path: impl AsRef<Path>,
-        params: &ParamStore,
-        optimizer: &Adam,
+        params: &P,
+        optimizer: &O,
         config: &C,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        P: Parameters + ?Sized,
+        O: OptimizerState + ?Sized,
+    {
         let mut checkpoint = Checkpoint::from_params(params)?;
         optimizer.save_state(&mut checkpoint)?;
         checkpoint.set_json(
@@ -276,18 +280,21 @@ impl TrainingState {
     /// [`Error::MissingTensor`](crate::Error::MissingTensor),
     /// [`Error::TensorShape`](crate::Error::TensorShape) or
     /// [`Error::Metadata`](crate::Error::Metadata) naming what does not fit.
-    pub fn resume<C: DeserializeOwned>(
+    pub fn resume<C: DeserializeOwned, P, O>(
         path: impl AsRef<Path>,
         device: &Device,
-        params: &ParamStore,
-        optimizer: &mut Adam,
-    ) -> Result<(Self, C)> {
+        params: &P,
+        optimizer: &mut O,
+    ) -> Result<(Self, C)>
+    where
+        P: Parameters + ?Sized,
+        O: OptimizerState + ?Sized,
+    {
         let checkpoint = Checkpoint::load(path, device)?;
         let saved: SavedState = checkpoint.json(STATE_KEY)?;
         let config: C = checkpoint.json(CONFIG_KEY)?;
-        // Check the optimiser's state against the store before changing anything.
-        let mut probe = Adam::from_store(params, *optimizer.config())?;
-        probe.load_state(&checkpoint)?;
+        // Check the optimiser's state before changing anything.
+        optimizer.check_state(&checkpoint)?;
         checkpoint.restore(params)?;
         optimizer.load_state(&checkpoint)?;
         Ok((

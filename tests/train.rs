@@ -153,7 +153,7 @@ fn resume_refuses_a_checkpoint_of_another_model() -> Result<()> {
     let _dec = MlpDecoder::new(&MlpDecoderConfig::new(3, &[8], 36), vb)?;
     let before = other.tensors()?;
     let mut adam = Adam::from_store(&other, AdamConfig::new(1e-3))?;
-    let result = TrainingState::resume::<u32>(&path, &Device::Cpu, &other, &mut adam);
+    let result = TrainingState::resume::<u32, _, _>(&path, &Device::Cpu, &other, &mut adam);
     assert!(
         matches!(result, Err(candle_vae::Error::TensorShape { .. })),
         "{result:?}"
@@ -434,5 +434,206 @@ fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step
         other => anyhow::bail!("expected a non-finite gradient at epoch 1, step 1, got {other:?}"),
     }
     anyhow::ensure!(param_bits(&params)? == before, "a step was taken");
+    Ok(())
+}
+
+// ---- candle's own parts: VarMap, candle_nn layers, any Optimizer ----------------------
+
+/// An encoder from candle_nn layers: a `seq()` trunk and two linear heads.
+struct CandleEncoder {
+    trunk: candle_nn::Sequential,
+    mean: candle_nn::Linear,
+    log_var: candle_nn::Linear,
+}
+
+impl candle_vae::Encoder for CandleEncoder {
+    type Posterior = candle_vae::DiagonalGaussian;
+    fn encode(&self, xs: &candle_core::Tensor) -> candle_core::Result<Self::Posterior> {
+        use candle_core::Module;
+        let h = self.trunk.forward(xs)?;
+        candle_vae::DiagonalGaussian::new(self.mean.forward(&h)?, self.log_var.forward(&h)?)
+    }
+}
+
+type CandleVae =
+    Vae<CandleEncoder, candle_nn::Sequential, StandardLikelihood, candle_vae::StandardNormal>;
+
+/// Overwrites every parameter of `varmap` with U(−0.3, 0.3) draws from `seed`, in name order.
+fn seeded_values(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    use candle_vae::Parameters;
+    let mut noise = NoiseSource::new(seed);
+    for (_, var) in varmap.named_parameters()? {
+        let t = var.as_tensor();
+        var.set(
+            &noise
+                .uniform(t.shape(), DType::F32, &Device::Cpu)?
+                .affine(0.6, -0.3)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// A VAE of candle_nn layers on a `VarMap` (no `ParamStore`, no `Dims`).
+fn candle_vae_on(varmap: &candle_nn::VarMap) -> Result<CandleVae> {
+    use candle_nn::{Activation, linear, seq};
+    let vb = candle_nn::VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+    let encoder = CandleEncoder {
+        trunk: seq()
+            .add(linear(36, 16, vb.pp("enc.fc1"))?)
+            .add(Activation::Relu),
+        mean: linear(16, 3, vb.pp("enc.mean"))?,
+        log_var: linear(16, 3, vb.pp("enc.log_var"))?,
+    };
+    let decoder = seq()
+        .add(linear(3, 16, vb.pp("dec.fc1"))?)
+        .add(Activation::Relu)
+        .add(linear(16, 36, vb.pp("dec.fc2"))?);
+    Ok(Vae::from_parts(
+        encoder,
+        decoder,
+        StandardLikelihood::Bernoulli,
+        candle_vae::StandardNormal::new(3)?,
+    ))
+}
+
+fn varmap_bits(varmap: &candle_nn::VarMap) -> Result<Vec<(String, Vec<u32>)>> {
+    use candle_vae::Parameters;
+    varmap
+        .named_parameters()?
+        .into_iter()
+        .map(|(name, var)| {
+            let bits = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            Ok((name, bits.into_iter().map(f32::to_bits).collect()))
+        })
+        .collect()
+}
+
+/// Trains `epochs` epochs of a candle_nn VAE on a VarMap with `make_optimizer`, resuming
+/// from a checkpoint into a fresh VarMap (and a fresh optimiser) after `stop_after`, and
+/// returns the final parameters' bits.
+fn varmap_run<O, F>(
+    make_optimizer: F,
+    epochs: usize,
+    stop_after: Option<usize>,
+) -> Result<Vec<(String, Vec<u32>)>>
+where
+    O: candle_nn::Optimizer + candle_vae::OptimizerState,
+    F: Fn(&candle_nn::VarMap) -> Result<O>,
+{
+    let dir = std::env::temp_dir().join(format!(
+        "candle-vae-varmap-{}-{}",
+        std::process::id(),
+        stop_after.unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("run.safetensors");
+    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    let varmap = candle_nn::VarMap::new();
+    let mut vae = candle_vae_on(&varmap)?;
+    seeded_values(&varmap, 21)?; // the same start for every run (VarMap's own is unseeded)
+    let mut opt = make_optimizer(&varmap)?;
+    let mut state = TrainingState::new(9);
+    let objective = objective()?;
+    let mut live = varmap;
+    for e in 0..epochs {
+        train_epoch(
+            &vae,
+            &mut opt,
+            &objective,
+            &loader,
+            &mut state,
+            &Device::Cpu,
+            |_, _| {},
+        )?;
+        state.epoch += 1;
+        if stop_after == Some(e + 1) {
+            state.save(&path, &live, &opt, "config")?;
+            // A fresh process: new VarMap (random values), new optimiser, then resume.
+            let fresh = candle_nn::VarMap::new();
+            vae = candle_vae_on(&fresh)?;
+            opt = make_optimizer(&fresh)?;
+            let (resumed, config): (TrainingState, String) =
+                TrainingState::resume(&path, &Device::Cpu, &fresh, &mut opt)?;
+            anyhow::ensure!(
+                config == "config" && resumed.epoch == e + 1,
+                "resumed {config} at {}",
+                resumed.epoch
+            );
+            state = resumed;
+            live = fresh;
+        }
+    }
+    std::fs::remove_dir_all(&dir)?;
+    varmap_bits(&live)
+}
+
+#[test]
+fn a_varmap_model_of_candle_nn_layers_resumes_bit_for_bit() -> Result<()> {
+    // The crate's Adam (here as AdamW: decoupled weight decay) on a candle VarMap, and
+    // candle's own SGD; both through train_epoch, checkpoint and resume.
+    let adamw = |vm: &candle_nn::VarMap| -> Result<Adam> {
+        Ok(Adam::from_varmap(
+            vm,
+            AdamConfig::new(1e-2).with_weight_decay(0.01, candle_vae::WeightDecay::Decoupled),
+        )?)
+    };
+    let straight = varmap_run(adamw, 4, None)?;
+    let resumed = varmap_run(adamw, 4, Some(2))?;
+    anyhow::ensure!(straight == resumed, "Adam on a VarMap: resumed run differs");
+    let sgd = |vm: &candle_nn::VarMap| -> Result<candle_nn::SGD> {
+        use candle_nn::Optimizer;
+        Ok(candle_nn::SGD::new(vm.all_vars(), 5e-4)?)
+    };
+    let straight = varmap_run(sgd, 3, None)?;
+    let resumed = varmap_run(sgd, 3, Some(1))?;
+    anyhow::ensure!(straight == resumed, "SGD on a VarMap: resumed run differs");
+    // And the resumed parameters are trained, not the initial ones.
+    let untrained = varmap_run(sgd, 0, None)?;
+    anyhow::ensure!(untrained != straight, "SGD did not move the parameters");
+    Ok(())
+}
+
+#[test]
+fn candle_adamw_trains_through_train_epoch() -> Result<()> {
+    use candle_nn::Optimizer;
+    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    let varmap = candle_nn::VarMap::new();
+    let vae = candle_vae_on(&varmap)?;
+    let mut opt = candle_nn::AdamW::new(
+        varmap.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )?;
+    let mut state = TrainingState::new(3);
+    let objective = objective()?;
+    let first = train_epoch(
+        &vae,
+        &mut opt,
+        &objective,
+        &loader,
+        &mut state,
+        &Device::Cpu,
+        |_, _| {},
+    )?;
+    let mut last = first.clone();
+    for _ in 0..5 {
+        last = train_epoch(
+            &vae,
+            &mut opt,
+            &objective,
+            &loader,
+            &mut state,
+            &Device::Cpu,
+            |_, _| {},
+        )?;
+    }
+    anyhow::ensure!(
+        last.neg_elbo < first.neg_elbo - 1.0,
+        "AdamW: −ELBO {} → {}",
+        first.neg_elbo,
+        last.neg_elbo
+    );
     Ok(())
 }

@@ -121,7 +121,7 @@ pub fn checkpoint(data: &[u8]) -> bool {
     let store = fixture();
     let mut adam = Adam::from_store(&store, AdamConfig::default()).expect("optimiser");
     let before = bits(&store);
-    let resumed = TrainingState::resume::<String>(&path, &device, &store, &mut adam);
+    let resumed = TrainingState::resume::<String, _, _>(&path, &device, &store, &mut adam);
     let _ = std::fs::remove_file(&path);
     match resumed {
         Ok(_) => {
