@@ -4,18 +4,25 @@
 //! of a VAE as small, composable types, the math written out and tested, and the
 //! estimators needed to report honest numbers.
 //!
-//! * [`Encoder`]/[`EncoderT`]: x → q(z|x), a [`DiagonalGaussian`] ([`MlpEncoder`],
-//!   [`ConvEncoder`]).
+//! * [`Encoder`]/[`EncoderT`]: x → q(z|x), any [`Reparameterize`] family: a
+//!   [`DiagonalGaussian`] ([`MlpEncoder`], [`ConvEncoder`]) or a planar-flow
+//!   [`FlowPosterior`] ([`FlowEncoder`]).
 //! * [`Decoder`]: z → parameters of p(x|z) — any candle `Module` ([`MlpDecoder`],
 //!   [`ConvDecoder`]).
-//! * [`Likelihood`]: Bernoulli, continuous Bernoulli, Gaussian (fixed or learned σ).
-//! * [`DiagonalGaussian::rsample`]: the reparameterization z = μ + σ·ε with ε from a
-//!   seeded [`NoiseSource`].
+//! * [`Likelihood`] (a trait): [`StandardLikelihood`] (Bernoulli, continuous Bernoulli,
+//!   Gaussian with fixed or learned σ), [`Poisson`], [`NegativeBinomial`],
+//!   [`ZeroInflatedNegativeBinomial`], [`DiscretizedLogistic`].
+//! * [`Prior`] (a trait): [`StandardNormal`], [`GaussianPrior`], [`MixturePrior`],
+//!   [`VampPrior`].
+//! * [`Reparameterize::rsample`]: the reparameterization z = g(ε) with ε from a seeded
+//!   [`NoiseSource`], and its deterministic twin `rsample_with(ε)`.
 //! * [`Vae`] and [`ConditionalVae`] compose them; [`ElboLoss`] scores a pass (β, free bits,
 //!   KL warm-up); [`estimate`] has the IWAE bound, the importance-sampled log-likelihood and
 //!   active units.
 //! * [`ParamStore`] initialises parameters from a seed; [`Adam`] matches PyTorch;
-//!   [`Checkpoint`] saves both to safetensors atomically.
+//!   [`Checkpoint`] saves both to safetensors atomically. Checkpoints and resume also take
+//!   candle's `VarMap` ([`Parameters`]) and any optimiser with state ([`OptimizerState`]);
+//!   training takes any `candle_nn::Optimizer`.
 //!
 //! ## Quickstart
 //!

@@ -533,3 +533,16 @@ fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn data_of_rank_below_two_is_named_as_such() -> Result<()> {
+    // A rank-1 batch used to be reported as "expected … shape [3] … found shape [3]".
+    let x = tensor(&[0.0, 1.0, 1.0], &[3])?;
+    let err = StandardLikelihood::Bernoulli
+        .log_prob(&x, &x)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(err.contains("rank ≥ 2") && err.contains("[3]"), "{err}");
+    Ok(())
+}

@@ -679,3 +679,28 @@ fn mlp_vae_on_image_shaped_data_scores_like_flat_data() -> Result<()> {
     common::assert_bit_identical("per_example", &a.per_example, &b.per_example)?;
     Ok(())
 }
+
+#[test]
+fn an_empty_batch_is_an_error_not_nan() -> Result<()> {
+    let prior = StandardNormal::new(D)?;
+    let empty = Tensor::zeros((0, D), DType::F64, &CPU)?;
+    let posterior = DiagonalGaussian::new(empty.clone(), empty.clone())?;
+    let out = VaeOutput {
+        posterior,
+        eps: empty.clone(),
+        z: empty,
+        params: Tensor::zeros((0, P), DType::F64, &CPU)?,
+        likelihood: &StandardLikelihood::Bernoulli,
+        prior: &prior,
+    };
+    let xs = Tensor::zeros((0, P), DType::F64, &CPU)?;
+    for reduction in [Reduction::BatchMean, Reduction::Sum] {
+        let err = ElboLoss::new(ElboLossConfig::default().with_reduction(reduction))?
+            .forward(&out, &xs)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        ensure!(err.contains("at least one example"), "{reduction:?}: {err}");
+    }
+    Ok(())
+}
