@@ -195,7 +195,7 @@ fn conv_configs_reject_bad_geometry() -> Result<()> {
         "ConvDecoderConfig",
         "params_per_element",
         "0",
-        "1 or 2",
+        "≥ 1",
     )?;
     expect_invalid(
         dec(ConvDecoderConfig::new(2, ImageShape::new(1, 28, 1), &[8])),
