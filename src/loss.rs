@@ -48,7 +48,7 @@ pub enum KlEstimator {
     /// The closed form the prior has for the posterior family
     /// ([`Prior::analytic_kl_per_dim`]), e.g. ½ Σ (μ² + σ² − 1 − log σ²) for a Gaussian
     /// posterior and N(0, I) (Kingma & Welling 2013, appendix B). A pair without one is
-    /// an error ([`Error::NoAnalyticKl`](crate::Error::NoAnalyticKl)), never a silent
+    /// an error ([`Error::NoAnalyticKl`]), never a silent
     /// fallback.
     #[default]
     Analytic,
@@ -167,7 +167,7 @@ impl ElboLossConfig {
     /// Checks every rule; [`ElboLoss::new`] calls it.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the field and rule.
+    /// [`Error::InvalidConfig`] naming the field and rule.
     pub fn validate(&self) -> crate::Result<()> {
         ensure(
             self.beta.is_finite() && self.beta >= 0.0,
@@ -255,7 +255,7 @@ impl ElboLoss {
     /// A loss with `config`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) if the config breaks a rule.
+    /// [`Error::InvalidConfig`] if the config breaks a rule.
     pub fn new(config: ElboLossConfig) -> crate::Result<Self> {
         config.validate()?;
         Ok(Self { config })
@@ -279,8 +279,8 @@ impl ElboLoss {
     ///
     /// # Errors
     /// If `xs` is not the batch `out` was computed from, or is empty;
-    /// [`Error::NoAnalyticKl`](crate::Error::NoAnalyticKl) for an analytic KL the pair has
-    /// no closed form for; [`Error::NoPerDimensionKl`](crate::Error::NoPerDimensionKl) for
+    /// [`Error::NoAnalyticKl`] for an analytic KL the pair has
+    /// no closed form for; [`Error::NoPerDimensionKl`] for
     /// free bits on a pair that does not factorise.
     pub fn forward<Q, L, P>(
         &self,

@@ -18,7 +18,7 @@ use crate::reparameterize::Reparameterize;
 /// ([`StandardNormal`] unless [`with_prior`](Self::with_prior) sets another).
 ///
 /// `forward_t` runs the whole model on a batch and returns a [`VaeOutput`], which
-/// [`ElboLoss`](crate::ElboLoss) and the [`estimate`](crate::estimate) functions score.
+/// [`ElboLoss`] and the [`estimate`](crate::estimate) functions score.
 ///
 /// ```
 /// # use candle_vae::*;

@@ -126,7 +126,7 @@ impl StandardLikelihood {
     /// `(K, N, P·C, …)` → `(K, N, C, …)`.
     ///
     /// # Errors
-    /// [`Error::Shape`] (inside candle's error) if `params` does not match `x` as above.
+    /// [`Error::Shape`](crate::Error::Shape) (inside candle's error) if `params` does not match `x` as above.
     pub fn log_prob_elements(&self, x: &Tensor, params: &Tensor) -> candle_core::Result<Tensor> {
         let mut groups =
             split_params(self.name(), x, params, self.params_per_element())?.into_iter();
