@@ -75,13 +75,7 @@ impl ParamStore {
     /// # Errors
     /// If another thread panicked while holding the store's lock.
     pub fn named_vars(&self) -> candle_core::Result<Vec<(String, Var)>> {
-        let data = lock(self.varmap.data())?;
-        let mut vars: Vec<(String, Var)> = data
-            .iter()
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(vars)
+        self.varmap.named_parameters()
     }
 
     /// All parameters, sorted by name (the order optimizers see them in).

@@ -89,25 +89,34 @@ struct Args {
     synthetic: bool,
 }
 
-/// The MLP encoder reading log1p(counts), as scVI's encoder does: raw counts span four
-/// orders of magnitude. A user-side [`Encoder`], composed into [`Vae`] like any other.
-struct Log1pEncoder(MlpEncoder);
+/// The MLP encoder, reading log1p(counts) when the model scores raw counts, as scVI's
+/// encoder does (raw counts span four orders of magnitude), and its input as it is when
+/// the data are already log1p(counts). A user-side [`Encoder`], composed into [`Vae`]
+/// like any other.
+struct CountEncoder {
+    inner: MlpEncoder,
+    log1p_input: bool,
+}
 
-impl Encoder for Log1pEncoder {
+impl Encoder for CountEncoder {
     type Posterior = DiagonalGaussian;
 
     fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian> {
-        self.0.encode(&xs.affine(1.0, 1.0)?.log()?)
+        if self.log1p_input {
+            self.inner.encode(&xs.affine(1.0, 1.0)?.log()?)
+        } else {
+            self.inner.encode(xs)
+        }
     }
 }
 
-impl Dims for Log1pEncoder {
+impl Dims for CountEncoder {
     fn latent_dim(&self) -> usize {
-        self.0.latent_dim()
+        self.inner.latent_dim()
     }
 
     fn data_shape(&self) -> Vec<usize> {
-        self.0.data_shape()
+        self.inner.data_shape()
     }
 }
 
@@ -273,52 +282,31 @@ where
         args.hidden,
         store.num_parameters()
     );
-    // One generic body for both encoders (log1p inside for counts, plain for log1p data).
-    if gaussian {
-        let vae = Vae::new(enc, dec, likelihood)?;
-        let fit = fit(
-            args,
-            &vae,
-            &x_train,
-            &x_test,
-            &loss,
-            &mut adam,
-            &mut data_noise,
-            &mut model_noise,
-        )?;
-        finish(
-            args,
-            &store,
-            &vae,
-            (&x_train, train),
-            (&x_test, test),
-            &raw_test,
-            &name,
-            fit,
-        )
-    } else {
-        let vae = Vae::new(Log1pEncoder(enc), dec, likelihood)?;
-        let fit = fit(
-            args,
-            &vae,
-            &x_train,
-            &x_test,
-            &loss,
-            &mut adam,
-            &mut data_noise,
-            &mut model_noise,
-        )?;
-        finish(
-            args,
-            &store,
-            &vae,
-            (&x_train, train),
-            (&x_test, test),
-            &raw_test,
-            &name,
-            fit,
-        )
-    }
+    let encoder = CountEncoder {
+        inner: enc,
+        log1p_input: !gaussian,
+    };
+    let vae = Vae::new(encoder, dec, likelihood)?;
+    let fit = fit(
+        args,
+        &vae,
+        &x_train,
+        &x_test,
+        &loss,
+        &mut adam,
+        &mut data_noise,
+        &mut model_noise,
+    )?;
+    finish(
+        args,
+        &store,
+        &vae,
+        (&x_train, train),
+        (&x_test, test),
+        &raw_test,
+        &name,
+        fit,
+    )
 }
 
 /// What training measured.
@@ -817,7 +805,14 @@ fn synthetic(args: &Args) -> Result<()> {
         &MlpDecoderConfig::new(args.latent, &[args.hidden], SYN_GENES),
         vb.pp("dec"),
     )?;
-    let vae = Vae::new(Log1pEncoder(enc), dec, likelihood)?;
+    let vae = Vae::new(
+        CountEncoder {
+            inner: enc,
+            log1p_input: true,
+        },
+        dec,
+        likelihood,
+    )?;
     let mut adam = Adam::from_store(&store, AdamConfig::new(args.lr))?;
     let loss = ElboLoss::new(ElboLossConfig::default())?;
     let mut data_noise = NoiseSource::new(args.seed).substream(1);
