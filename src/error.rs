@@ -282,6 +282,41 @@ pub enum Error {
         value: f64,
     },
 
+    /// A run was resumed with other settings than the checkpoint was saved with; every
+    /// setting that differs is named with both values.
+    #[error(
+        "checkpoint {path} was saved by a run with other settings: {}",
+        differences.join("; ")
+    )]
+    RunConfigMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// One entry per differing setting: `latent: saved 20, now 10`.
+        differences: Vec<String>,
+    },
+
+    /// A model-only file describes another architecture than the one asked for.
+    #[error("{path} holds a {found}, not a {expected}")]
+    ArchitectureMismatch {
+        /// The model file.
+        path: PathBuf,
+        /// The architecture asked for (the Rust type).
+        expected: String,
+        /// The architecture the file describes.
+        found: String,
+    },
+
+    /// A training hook ([`TrainerHooks`](crate::train::TrainerHooks)) failed; the run
+    /// stopped after the epoch's checkpoint was written.
+    #[error("a training hook failed after epoch {epoch}")]
+    Hook {
+        /// The epoch the hook was called after.
+        epoch: usize,
+        /// The hook's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -68,54 +68,62 @@
 // Denied everywhere but in `fused::gemm`, which calls the `gemm` crate (see its docs).
 #![deny(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc = include_str!("../docs/ARCHITECTURE.md")]
 pub mod architecture {}
-pub mod checkpoint;
-pub mod component;
-pub mod conv;
-pub mod data;
-pub mod device;
-pub mod distribution;
-pub mod error;
-pub mod estimate;
-pub mod finite;
-pub mod flow;
-pub mod fused;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
-pub mod layers;
-pub mod likelihood;
-pub mod loss;
-pub mod mlp;
-pub mod noise;
-pub mod ops;
-pub mod optim;
-pub mod params;
-pub mod prior;
 #[doc = include_str!("../docs/RELIABILITY.md")]
 pub mod reliability {}
-pub mod reparameterize;
-pub mod train;
+
+// The layers, from the bottom up (docs/ARCHITECTURE.md has the dependency graph).
+pub mod device;
+pub mod error;
+pub mod noise;
+pub mod ops;
+pub mod shape;
+
+pub mod fused;
+
+pub mod probability;
+
+pub mod networks;
+
 pub mod vae;
+
+pub mod objective;
+
+pub mod train;
+
+pub mod data;
+#[cfg(feature = "viz")]
+#[cfg_attr(docsrs, doc(cfg(feature = "viz")))]
 pub mod viz;
+
+// The modules' public paths from before the layer folders, kept stable.
+pub use networks::{conv, layers, mlp};
+pub use objective::{estimate, loss};
+pub use probability::{component, distribution, flow, likelihood, prior, reparameterize};
+pub use train::{checkpoint, finite, optim, params};
 
 pub use checkpoint::Checkpoint;
 pub use component::{Decoder, Dims, Encoder, EncoderT};
-pub use conv::{ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ImageShape};
+pub use conv::{ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig};
 pub use device::{best_device, parse_device};
 pub use distribution::DiagonalGaussian;
 pub use error::{Error, IdxProblem, MAX_ELEMENTS, NonFinitePart, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};
 pub use flow::{FlowEncoder, FlowPosterior, PlanarFlow, PlanarFlowConfig};
-pub use layers::Activation;
 pub use likelihood::{
     DiscretizedLogistic, Dispersion, GaussianMean, GaussianVariance, Likelihood, NegativeBinomial,
     Poisson, StandardLikelihood, ZeroInflatedNegativeBinomial,
 };
 pub use loss::{Elbo, ElboLoss, ElboLossConfig, KlEstimator, KlSchedule, Reduction};
 pub use mlp::{MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig};
+pub use networks::architecture::Architecture;
 pub use noise::{NoiseSource, NoiseState};
+pub use ops::Activation;
 pub use optim::{Adam, AdamConfig, OptimizerState, WeightDecay};
 pub use params::{ParamStore, Parameters};
 pub use prior::{
@@ -123,4 +131,5 @@ pub use prior::{
     VampPriorConfig,
 };
 pub use reparameterize::Reparameterize;
+pub use shape::ImageShape;
 pub use vae::{ConditionalVae, Vae, VaeOutput};

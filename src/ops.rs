@@ -1,6 +1,7 @@
 //! Numerically stable element-wise functions built from candle ops.
 
-use candle_core::Tensor;
+use candle_core::{Module, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// ln(2π), the constant of every Gaussian log-density.
 pub const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -44,4 +45,39 @@ pub fn binary_cross_entropy_with_logits(
 /// Only candle's own.
 pub fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     candle_nn::ops::sigmoid(x)
+}
+
+/// The non-linearity between layers.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Activation {
+    /// max(0, x), as in the PyTorch VAE example.
+    #[default]
+    Relu,
+    /// tanh(x), as in Kingma & Welling (2013) and Burda et al. (2015).
+    Tanh,
+    /// log(1 + eˣ), as in Kingma & Welling's Frey Face model.
+    Softplus,
+    /// x for x > 0, eˣ − 1 otherwise.
+    Elu,
+    /// max(x, slope·x).
+    LeakyRelu(f64),
+    /// x·σ(x).
+    Silu,
+    /// The erf-based GELU.
+    Gelu,
+}
+
+impl Module for Activation {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Relu => xs.relu(),
+            Activation::Tanh => xs.tanh(),
+            Activation::Softplus => softplus(xs),
+            Activation::Elu => xs.elu(1.0),
+            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(xs, *slope),
+            Activation::Silu => xs.silu(),
+            Activation::Gelu => xs.gelu_erf(),
+        }
+    }
 }

@@ -1,14 +1,11 @@
 //! The variational auto-encoder: an encoder, a decoder, a likelihood and a prior, composed.
 
-use std::any::TypeId;
-
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::component::{Decoder, Dims, EncoderT};
 use crate::distribution::DiagonalGaussian;
 use crate::error::Error;
 use crate::likelihood::{Likelihood, StandardLikelihood};
-use crate::loss::{ElboLoss, ElboLossConfig, KlEstimator};
 use crate::noise::NoiseSource;
 use crate::prior::{Prior, StandardNormal};
 use crate::reparameterize::Reparameterize;
@@ -239,24 +236,6 @@ where
     /// The prior p(z).
     pub fn prior(&self) -> &P {
         &self.prior
-    }
-
-    /// An [`ElboLoss`] for this model, with the pair of posterior family and prior checked
-    /// here: [`KlEstimator::Analytic`] needs a closed form of KL(q ‖ p).
-    ///
-    /// # Errors
-    /// [`Error::NoAnalyticKl`] naming both types if the prior has no closed form for the
-    /// encoder's posterior family; [`Error::InvalidConfig`] for a bad config.
-    pub fn elbo_loss(&self, config: ElboLossConfig) -> crate::Result<ElboLoss> {
-        if config.kl_estimator == KlEstimator::Analytic
-            && !self.prior.has_analytic_kl(TypeId::of::<E::Posterior>())
-        {
-            return Err(Error::NoAnalyticKl {
-                prior: std::any::type_name::<P>(),
-                posterior: std::any::type_name::<E::Posterior>(),
-            });
-        }
-        ElboLoss::new(config)
     }
 
     /// The encoder.
@@ -531,7 +510,7 @@ where
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConditionalVae<E, D, L = StandardLikelihood, P = StandardNormal> {
-    inner: Vae<E, D, L, P>,
+    pub(crate) inner: Vae<E, D, L, P>,
 }
 
 impl<E, Dec, L> ConditionalVae<E, Dec, L, StandardNormal>
@@ -584,14 +563,6 @@ where
     /// The prior p(z).
     pub fn prior(&self) -> &P {
         &self.inner.prior
-    }
-
-    /// An [`ElboLoss`] for this model (see [`Vae::elbo_loss`]).
-    ///
-    /// # Errors
-    /// As [`Vae::elbo_loss`].
-    pub fn elbo_loss(&self, config: ElboLossConfig) -> crate::Result<ElboLoss> {
-        self.inner.elbo_loss(config)
     }
 
     /// Width K of the condition.

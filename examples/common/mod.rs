@@ -5,31 +5,25 @@
 
 #![allow(dead_code)] // each example uses a different part
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use candle_vae::data::DataLoader;
 use candle_vae::train::{
-    BatchModel, EpochRecord, LikelihoodEstimate, Objective, TrainingState, evaluate,
-    importance_sampled, train_epoch,
+    BatchModel, EVALUATION_STREAM, EpochRecord, LearningRateSchedule, LikelihoodEstimate,
+    Objective, Trainer, TrainerConfig, TrainerHooks, importance_sampled,
 };
 use candle_vae::{
     Adam, AdamConfig, ElboLoss, ElboLossConfig, ImportanceSamplingConfig, KlEstimator, KlSchedule,
     NoiseSource, ParamStore, Reduction,
 };
-use candle_vae::{Checkpoint, finite};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-/// Noise stream (of the run's seed) for the per-epoch test pass: the same ε every epoch,
-/// so test curves compare epochs rather than draws.
-pub const TEST_STREAM: u64 = 3;
-/// Noise stream for the final importance-sampled evaluation.
-pub const EVAL_STREAM: u64 = 4;
 /// Noise stream for the pictures (prior samples).
 pub const PICTURE_STREAM: u64 = 5;
 
@@ -130,20 +124,11 @@ impl OptimArgs {
         AdamConfig::new(self.lr).with_eps(self.adam_eps)
     }
 
-    /// The learning rate of epoch `epoch` (counted from 1).
-    pub fn lr_at(&self, epoch: usize) -> f64 {
+    /// The learning-rate schedule of --lr and --lr-schedule.
+    pub fn schedule(&self) -> LearningRateSchedule {
         match self.lr_schedule {
-            LrSchedule::Constant => self.lr,
-            LrSchedule::Burda => {
-                // Stage i covers epochs (3^i − 1)/2 + 1 ..= (3^(i+1) − 1)/2.
-                let mut stage = 0u32;
-                let mut end = 1usize;
-                while epoch > end {
-                    stage += 1;
-                    end += 3usize.pow(stage);
-                }
-                self.lr * 10f64.powf(-f64::from(stage) / 7.0)
-            }
+            LrSchedule::Constant => LearningRateSchedule::Constant(self.lr),
+            LrSchedule::Burda => LearningRateSchedule::Burda { initial: self.lr },
         }
     }
 }
@@ -250,16 +235,81 @@ impl ObjectiveArgs {
     }
 }
 
-/// A progress bar over `len` items (hidden when stderr is not a terminal).
-pub fn progress_bar(len: usize, prefix: impl Into<String>) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64).with_prefix(prefix.into());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec:>12} eta {eta:>4} {msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
+/// Progress over `len` items on stderr: a bar on a terminal; elsewhere (a log file, CI)
+/// one line every [`Progress::LOG_EVERY`], so that a long evaluation is not silent.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    prefix: String,
+    len: usize,
+    done: usize,
+    start: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    /// Interval of the progress lines when stderr is not a terminal.
+    pub const LOG_EVERY: Duration = Duration::from_secs(30);
+
+    /// Starts counting `len` items under `prefix`.
+    pub fn new(len: usize, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(len as u64).with_prefix(prefix.clone());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec:>12} eta {eta:>4} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        let now = Instant::now();
+        Self {
+            bar,
+            prefix,
+            len,
+            done: 0,
+            start: now,
+            last_line: now,
+        }
     }
-    bar.enable_steady_tick(Duration::from_millis(250));
-    bar
+
+    /// `n` more items done; `message` (the running loss) is shown beside the count.
+    pub fn inc(&mut self, n: usize, message: Option<String>) {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(n as u64);
+                if let Some(message) = message {
+                    bar.set_message(message);
+                }
+            }
+            None if self.last_line.elapsed() >= Self::LOG_EVERY => {
+                self.last_line = Instant::now();
+                let seconds = self.start.elapsed().as_secs_f64();
+                let left =
+                    seconds * (self.len.saturating_sub(self.done)) as f64 / self.done.max(1) as f64;
+                eprintln!(
+                    "{}: {}/{} ({:.0}%) after {:.0} s, about {:.0} s left{}",
+                    self.prefix,
+                    self.done,
+                    self.len,
+                    100.0 * self.done as f64 / self.len.max(1) as f64,
+                    seconds,
+                    left,
+                    message.map(|m| format!(", {m}")).unwrap_or_default()
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The header of the per-epoch table.
@@ -283,28 +333,6 @@ pub fn epoch_line(r: &EpochRecord) -> String {
         r.seconds,
         r.images_per_sec
     )
-}
-
-/// Writes the per-epoch history (the numbers of [`epoch_line`]) as CSV: the training
-/// curve, for plotting.
-pub fn write_history(path: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut csv = String::from(
-        "epoch,train_neg_elbo,test_neg_elbo,test_reconstruction,test_kl,active_units,seconds,images_per_sec\n",
-    );
-    for r in history {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            r.epoch,
-            r.train_neg_elbo,
-            r.test_neg_elbo,
-            r.test_reconstruction,
-            r.test_kl,
-            r.active_units,
-            r.seconds,
-            r.images_per_sec
-        ));
-    }
-    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Draws the training curve with [`candle_vae::viz::scatter`]: −ELBO per example against
@@ -342,178 +370,209 @@ pub fn save_training_curve(path: &Path, history: &[EpochRecord]) -> Result<()> {
     Ok(())
 }
 
-/// A training run in progress: the model (a `Vae`, or a `ConditionalVae` fed the batch
-/// labels), its optimiser, the data and the run state.
-pub struct Session<'a, M> {
-    /// The model.
-    pub vae: &'a M,
-    /// Its parameters.
-    pub params: &'a ParamStore,
-    /// The optimiser over `params`.
-    pub optimizer: Adam,
-    /// What the steps minimise.
-    pub objective: Objective,
-    /// Training batches.
-    pub train: DataLoader,
-    /// Test batches (sequential).
-    pub test: DataLoader,
-    /// Epoch, step, noise streams, history.
-    pub state: TrainingState,
-    /// Learning rate and its schedule.
-    pub optim: OptimArgs,
-    /// Where the tensors live.
-    pub device: Device,
-    /// The run's seed.
-    pub seed: u64,
-}
-
-impl<M: BatchModel> Session<'_, M> {
-    /// With `resume`, restores parameters, optimiser and state from `checkpoint`, after
-    /// checking that it was saved with `config`; prints the epochs it already holds.
-    pub fn maybe_resume<C>(&mut self, resume: bool, checkpoint: &Path, config: &C) -> Result<()>
-    where
-        C: DeserializeOwned + PartialEq + std::fmt::Debug,
-    {
-        if !resume {
-            return Ok(());
-        }
-        let (state, saved): (TrainingState, C) =
-            TrainingState::resume(checkpoint, &self.device, self.params, &mut self.optimizer)
-                .with_context(|| format!("resuming from {}", checkpoint.display()))?;
-        if &saved != config {
-            bail!(
-                "{} was saved by a run with another configuration:\n  saved: {saved:?}\n  now:   {config:?}",
-                checkpoint.display()
-            );
-        }
-        self.state = state;
+/// The library's [`Trainer`] as the examples use it: the crate's Adam over a
+/// [`ParamStore`], a checkpoint after every epoch (--save), `history.csv` in the output
+/// directory, the learning-rate schedule of `optim`, and `settings` stored in (and, with
+/// --resume, compared with) the checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn trainer<'m, M: BatchModel, C: Serialize>(
+    model: &'m M,
+    params: &'m ParamStore,
+    optim: &OptimArgs,
+    objective: Objective,
+    train: DataLoader,
+    test: DataLoader,
+    run: &RunArgs,
+    example: &str,
+    settings: &C,
+) -> Result<Trainer<'m, M, ParamStore, Adam>> {
+    let checkpoint = run.checkpoint(example);
+    let config = TrainerConfig::new(run.epochs, run.seed)
+        .with_checkpoint(&checkpoint)
+        .with_history_csv(run.out_dir(example).join("history.csv"))
+        .with_learning_rate(optim.schedule());
+    let optimizer = Adam::from_store(params, optim.adam_config())?;
+    let mut trainer = Trainer::new(model, params, optimizer, objective, train, test, config)?
+        .with_device(run.device()?)
+        .with_run_config(settings)?;
+    if run.resume {
+        trainer
+            .resume(&checkpoint, &run.device()?)
+            .with_context(|| format!("resuming from {}", checkpoint.display()))?;
+        let state = trainer.state();
         println!(
             "resumed from {} after epoch {} (step {})",
             checkpoint.display(),
-            self.state.epoch,
-            self.state.step
+            state.epoch,
+            state.step
         );
-        Ok(())
+    }
+    Ok(trainer)
+}
+
+/// The examples' hooks: progress on stderr, the epoch line on stdout, then `pictures`.
+struct ExampleHooks<F> {
+    progress: Option<Progress>,
+    pictures: F,
+}
+
+impl<M, F> TrainerHooks<M> for ExampleHooks<F>
+where
+    M: ?Sized,
+    F: FnMut(&M, &EpochRecord) -> Result<()>,
+{
+    fn on_epoch_start(&mut self, epoch: usize, examples: usize) {
+        self.progress = Some(Progress::new(examples, format!("epoch {epoch}")));
     }
 
-    /// Trains up to `epochs`, printing one line per epoch, saving a checkpoint (with
-    /// `config`) after each, then calling `after_epoch`.
-    pub fn fit<C: Serialize>(
+    fn on_train_batch(&mut self, examples: usize, loss: f64) {
+        if let Some(progress) = &mut self.progress {
+            progress.inc(examples, Some(format!("loss {loss:.2}")));
+        }
+    }
+
+    fn on_evaluation_start(&mut self, examples: usize) {
+        if let Some(progress) = &mut self.progress {
+            progress.finish();
+        }
+        self.progress = Some(Progress::new(examples, "test"));
+    }
+
+    fn on_evaluation_batch(&mut self, examples: usize) {
+        if let Some(progress) = &mut self.progress {
+            progress.inc(examples, None);
+        }
+    }
+
+    fn on_epoch_end(
         &mut self,
-        epochs: usize,
-        checkpoint: &Path,
-        config: &C,
-        mut after_epoch: impl FnMut(&M, &EpochRecord) -> Result<()>,
-    ) -> Result<()> {
-        // A checkpoint that cannot be written should stop the run now, not after an epoch.
-        Checkpoint::check_writable(checkpoint).with_context(|| {
+        model: &M,
+        record: &EpochRecord,
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(mut progress) = self.progress.take() {
+            progress.finish();
+        }
+        println!("{}", epoch_line(record));
+        (self.pictures)(model, record).map_err(Into::into)
+    }
+
+    fn on_stop(&mut self, _error: &candle_vae::Error, kept: Option<usize>) {
+        if let Some(mut progress) = self.progress.take() {
+            progress.finish();
+        }
+        match kept {
+            Some(epoch) => eprintln!(
+                "the checkpoint still holds epoch {epoch}, the last good one: it was not overwritten"
+            ),
+            None => eprintln!("no checkpoint was written: no epoch completed"),
+        }
+    }
+}
+
+/// Trains to the configured epochs, printing the table (the resumed epochs first) and
+/// calling `pictures` after each epoch.
+pub fn fit<M: BatchModel>(
+    trainer: &mut Trainer<'_, M, ParamStore, Adam>,
+    pictures: impl FnMut(&M, &EpochRecord) -> Result<()>,
+) -> Result<()> {
+    if let Some(path) = &trainer.config().checkpoint {
+        candle_vae::Checkpoint::check_writable(path).with_context(|| {
             format!(
                 "the checkpoint (--save) {} cannot be written",
-                checkpoint.display()
+                path.display()
             )
         })?;
-        println!("{}", epoch_header());
-        for record in &self.state.history {
-            println!("{}", epoch_line(record));
-        }
-        while self.state.epoch < epochs {
-            let epoch = self.state.epoch + 1;
-            self.optimizer
-                .try_set_learning_rate(self.optim.lr_at(epoch))
-                .with_context(|| format!("the learning rate of epoch {epoch}"))?;
-            let bar = progress_bar(self.train.examples(), format!("epoch {epoch}"));
-            let trained = train_epoch(
-                self.vae,
-                &mut self.optimizer,
-                &self.objective,
-                &self.train,
-                &mut self.state,
-                &self.device,
-                |n, loss| {
-                    bar.inc(n as u64);
-                    bar.set_message(format!("loss {loss:.2}"));
-                },
-            );
-            bar.finish_and_clear();
-            // A diverging run stops here, before a non-finite step (candle_vae::finite):
-            // the checkpoint keeps the last good epoch.
-            let summary = trained.inspect_err(|_| self.report_kept_checkpoint(checkpoint))?;
-            let bar = progress_bar(self.test.examples(), "test");
-            let mut test_noise = NoiseSource::new(self.seed).substream(TEST_STREAM);
-            let eval = evaluate(self.vae, &self.test, &mut test_noise, &self.device, |n| {
-                bar.inc(n as u64)
-            })?;
-            bar.finish_and_clear();
-            let record = EpochRecord {
-                epoch,
-                train_neg_elbo: summary.neg_elbo,
-                test_neg_elbo: eval.neg_elbo,
-                test_reconstruction: eval.reconstruction,
-                test_kl: eval.kl,
-                active_units: eval.active_units.count(),
-                seconds: summary.seconds,
-                images_per_sec: summary.examples as f64 / summary.seconds.max(1e-9),
-            };
-            println!("{}", epoch_line(&record));
-            // Never replace a good checkpoint with non-finite weights.
-            let named = self.params.named_vars()?;
-            finite::check_parameters(named.iter().map(|(name, var)| (name.as_str(), var)))
-                .inspect_err(|_| self.report_kept_checkpoint(checkpoint))?;
-            self.state.history.push(record.clone());
-            self.state.epoch = epoch;
-            self.state
-                .save(checkpoint, self.params, &self.optimizer, config)
-                .with_context(|| format!("saving {}", checkpoint.display()))?;
-            after_epoch(self.vae, &record)?;
-        }
-        Ok(())
+    }
+    println!("{}", epoch_header());
+    for record in &trainer.state().history {
+        println!("{}", epoch_line(record));
+    }
+    let mut hooks = ExampleHooks {
+        progress: None,
+        pictures,
+    };
+    trainer.fit(&mut hooks)?;
+    Ok(())
+}
+
+/// Progress of an importance-sampled evaluation.
+struct NllHooks {
+    samples: usize,
+    progress: Option<Progress>,
+}
+
+impl<M: ?Sized> TrainerHooks<M> for NllHooks {
+    fn on_evaluation_start(&mut self, examples: usize) {
+        self.progress = Some(Progress::new(examples, format!("NLL k={}", self.samples)));
     }
 
-    /// Says on stderr which epoch the checkpoint still holds, when a run stops on an error.
-    fn report_kept_checkpoint(&self, checkpoint: &Path) {
-        if self.state.epoch > 0 && checkpoint.is_file() {
-            eprintln!(
-                "{} still holds epoch {}, the last good one: it was not overwritten",
-                checkpoint.display(),
-                self.state.epoch
-            );
-        } else {
-            eprintln!("no checkpoint was written: no epoch completed");
+    fn on_evaluation_batch(&mut self, examples: usize) {
+        if let Some(progress) = &mut self.progress {
+            progress.inc(examples, None);
         }
     }
+}
 
-    /// The final evaluation on the whole test set: −ELBO, the IWAE bound −L_k and the
-    /// importance-sampled NLL with `samples` draws per example, `chunk` of them per pass,
-    /// printed and returned.
-    pub fn final_evaluation(
-        &self,
-        samples: usize,
-        bound_k: usize,
-        chunk: usize,
-    ) -> Result<LikelihoodEstimate> {
-        let bar = progress_bar(self.test.examples(), format!("NLL k={samples}"));
-        let mut noise = NoiseSource::new(self.seed).substream(EVAL_STREAM);
-        let config = ImportanceSamplingConfig::new(samples).with_chunk_size(chunk);
-        let estimate = importance_sampled(
-            self.vae,
-            &self.test,
-            &config,
-            bound_k.min(samples),
-            &mut noise,
-            &self.device,
-            |n| bar.inc(n as u64),
-        )?;
-        bar.finish_and_clear();
-        println!(
-            "final test ({} images, k = {}): -ELBO {:.4} | IWAE bound -L_{} {:.4} | NLL (IS, k = {}) {:.4} nats",
-            estimate.examples,
-            estimate.samples,
-            estimate.neg_elbo,
-            estimate.bound_k,
-            estimate.neg_iwae_bound,
-            estimate.samples,
-            estimate.nll
-        );
-        Ok(estimate)
+/// The final evaluation on the whole test set: −ELBO, the IWAE bound −L_k and the
+/// importance-sampled NLL with `samples` draws per example, `chunk` of them per pass,
+/// printed and returned.
+pub fn final_evaluation<M: BatchModel>(
+    trainer: &Trainer<'_, M, ParamStore, Adam>,
+    samples: usize,
+    bound_k: usize,
+    chunk: usize,
+) -> Result<LikelihoodEstimate> {
+    let config = ImportanceSamplingConfig::new(samples).with_chunk_size(chunk);
+    let mut hooks = NllHooks {
+        samples,
+        progress: None,
+    };
+    let estimate = trainer.estimate_likelihood(&config, bound_k, &mut hooks)?;
+    if let Some(progress) = &mut hooks.progress {
+        progress.finish();
     }
+    print_estimate(&estimate);
+    Ok(estimate)
+}
+
+/// The same evaluation of a model that was not trained here (`--eval`): the same noise
+/// (stream [`EVALUATION_STREAM`] of `seed`), so a checkpoint evaluates to the numbers its
+/// training run printed.
+pub fn evaluate_model<M: BatchModel>(
+    model: &M,
+    test: &DataLoader,
+    seed: u64,
+    samples: usize,
+    bound_k: usize,
+    chunk: usize,
+    device: &Device,
+) -> Result<LikelihoodEstimate> {
+    let config = ImportanceSamplingConfig::new(samples).with_chunk_size(chunk);
+    let mut noise = NoiseSource::new(seed).substream(EVALUATION_STREAM);
+    let mut progress = Progress::new(test.examples(), format!("NLL k={samples}"));
+    let estimate = importance_sampled(
+        model,
+        test,
+        &config,
+        bound_k.min(samples),
+        &mut noise,
+        device,
+        |n| progress.inc(n, None),
+    )?;
+    progress.finish();
+    print_estimate(&estimate);
+    Ok(estimate)
+}
+
+fn print_estimate(estimate: &LikelihoodEstimate) {
+    println!(
+        "final test ({} images, k = {}): -ELBO {:.4} | IWAE bound -L_{} {:.4} | NLL (IS, k = {}) {:.4} nats",
+        estimate.examples,
+        estimate.samples,
+        estimate.neg_elbo,
+        estimate.bound_k,
+        estimate.neg_iwae_bound,
+        estimate.samples,
+        estimate.nll
+    );
 }

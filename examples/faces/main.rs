@@ -20,19 +20,19 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use candle_vae::data::{DataLoader, DataLoaderConfig, FreyFace, ImageDataset, Layout, Olivetti};
-use candle_vae::train::{BatchModel, TrainingState};
+use candle_vae::train::BatchModel;
 use candle_vae::viz::{
     self, GridConfig, interpolation_latents, manifold_latents, traversal_latents,
 };
 use candle_vae::{
-    Activation, Adam, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder,
-    ConvEncoderConfig, Decoder, DiagonalGaussian, Dims, EncoderT, GaussianMean, ImageShape,
-    Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
-    ParamStore, StandardLikelihood, Vae,
+    Activation, ConditionalVae, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
+    Decoder, DiagonalGaussian, Dims, EncoderT, GaussianMean, ImageShape, Likelihood, MlpDecoder,
+    MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, ParamStore, StandardLikelihood,
+    Vae,
 };
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
+use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs};
 use serde::{Deserialize, Serialize};
 
 /// Train a variational auto-encoder on faces — Frey Face as in Kingma & Welling (2013),
@@ -419,7 +419,6 @@ fn run<M: FaceModel>(
             .with_order(candle_vae::data::Order::Sequential)
             .with_layout(data.layout),
     )?;
-    let optimizer = Adam::from_store(params, cli.optim.adam_config())?;
     let architecture = match model.dataset {
         Dataset::Frey => format!(
             "MLP {}-{}-{} (tanh)",
@@ -461,19 +460,6 @@ fn run<M: FaceModel>(
              and may be negative)"
         );
     }
-    let mut session = Session {
-        vae,
-        params,
-        optimizer,
-        objective: cli.objective.objective(cli.objective.kl_estimator(true)?)?,
-        train,
-        test,
-        state: TrainingState::new(cli.run.seed),
-        optim: cli.optim.clone(),
-        device: device.clone(),
-        seed: cli.run.seed,
-    };
-    let checkpoint = cli.run.checkpoint(EXAMPLE);
     let config = RunConfig {
         model: model.clone(),
         objective: cli.objective.clone(),
@@ -481,7 +467,11 @@ fn run<M: FaceModel>(
         batch_size: cli.run.batch_size,
         seed: cli.run.seed,
     };
-    session.maybe_resume(cli.run.resume, &checkpoint, &config)?;
+    let objective = cli.objective.objective(cli.objective.kl_estimator(true)?)?;
+    let mut trainer = common::trainer(
+        vae, params, &cli.optim, objective, train, test, &cli.run, EXAMPLE, &config,
+    )?;
+    let checkpoint = cli.run.checkpoint(EXAMPLE);
     let out = cli.run.out_dir(EXAMPLE);
     let pictures = Pictures {
         test: &data.test,
@@ -493,28 +483,28 @@ fn run<M: FaceModel>(
     };
     let epochs = cli.run.epochs;
     let start = Instant::now();
-    session.fit(epochs, &checkpoint, &config, |vae, record| {
+    common::fit(&mut trainer, |vae, record| {
         if record.epoch % PICTURE_EVERY == 0 || record.epoch == epochs {
             pictures.epoch(vae)?;
         }
         Ok(())
     })?;
-    let total: f64 = session.state.history.iter().map(|r| r.seconds).sum();
+    let history = &trainer.state().history;
+    let total: f64 = history.iter().map(|r| r.seconds).sum();
     println!(
         "trained {} epochs: {:.1} s of training passes in all ({:.1} s wall in this process)",
-        session.state.epoch,
+        trainer.state().epoch,
         total,
         start.elapsed().as_secs_f64()
     );
     println!("checkpoint: {}", checkpoint.display());
-    common::write_history(&out.join("history.csv"), &session.state.history)?;
-    common::save_training_curve(&out.join("curve.png"), &session.state.history)?;
+    common::save_training_curve(&out.join("curve.png"), history)?;
 
     pictures.last(vae)?;
     println!("pictures, history.csv and curve.png: {}", out.display());
     if cli.run.eval_k > 0 {
         let chunk = cli.model.dataset.defaults().eval_chunk;
-        session.final_evaluation(cli.run.eval_k, cli.objective.bound_k(), chunk)?;
+        common::final_evaluation(&trainer, cli.run.eval_k, cli.objective.bound_k(), chunk)?;
     }
     Ok(())
 }

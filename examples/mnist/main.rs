@@ -9,27 +9,28 @@ mod common;
 
 use std::any::TypeId;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use candle_vae::Checkpoint;
 use candle_vae::data::{
     Binarization, DataLoader, DataLoaderConfig, ImageDataset, Layout, Mnist, Order,
 };
-use candle_vae::train::TrainingState;
+use candle_vae::train::{CONFIG_KEY, TEST_STREAM, evaluate};
 use candle_vae::viz::{
     self, GridConfig, ScatterConfig, interpolation_latents, manifold_latents, traversal_latents,
 };
 use candle_vae::{
-    Activation, ActiveUnits, Adam, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
+    Activation, ActiveUnits, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
     Decoder, Dims, EncoderT, FlowEncoder, GaussianMean, ImageShape, Likelihood, MixturePrior,
     MixturePriorConfig, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource,
     ParamStore, PlanarFlow, PlanarFlowConfig, Prior, Reparameterize, StandardLikelihood, Vae,
     VampPrior, VampPriorConfig,
 };
 use clap::{Parser, ValueEnum};
-use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
+use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs};
 use serde::{Deserialize, Serialize};
 
 /// Train a variational auto-encoder on MNIST (Kingma & Welling 2013), report its test
@@ -49,6 +50,43 @@ struct Cli {
 
     #[command(flatten)]
     model: ModelArgs,
+
+    /// Evaluate a trained model instead of training: a checkpoint or model file of this
+    /// example (its settings are read from the file), or any model-only safetensors file
+    /// of the architecture the flags describe (a PyTorch state_dict of pytorch/examples'
+    /// VAE). Prints the test −ELBO, the IWAE bound and the NLL at --eval-k.
+    #[arg(long, value_name = "PATH", conflicts_with = "sample")]
+    eval: Option<PathBuf>,
+
+    /// Draw --n samples from a trained model (a file as for --eval) into
+    /// <out>/samples-<n>.png, instead of training.
+    #[arg(long, value_name = "PATH")]
+    sample: Option<PathBuf>,
+
+    /// How many samples --sample draws.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Train, evaluate, export.
+    Train,
+    /// Evaluate the model in the file.
+    Eval(PathBuf),
+    /// Sample from the model in the file.
+    Sample(PathBuf, usize),
+}
+
+impl Cli {
+    fn mode(&self) -> Mode {
+        match (&self.eval, &self.sample) {
+            (Some(path), _) => Mode::Eval(path.clone()),
+            (None, Some(path)) => Mode::Sample(path.clone(), self.n),
+            (None, None) => Mode::Train,
+        }
+    }
 }
 
 /// The model and data flags; stored in the checkpoint so --resume can check them.
@@ -163,9 +201,42 @@ const TEST_BATCH: usize = 100;
 /// depend on it (the samples are drawn in the same order).
 const EVAL_CHUNK: usize = 20;
 
+/// Metadata key of the model settings in the example's model file.
+const MODEL_KEY: &str = "mnist.model";
+
+/// The model settings stored in `path` by this example (in a model file, or in a training
+/// checkpoint's run settings), if any.
+fn stored_model_args(path: &Path) -> Result<Option<ModelArgs>> {
+    let file = Checkpoint::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if file.metadata(MODEL_KEY).is_some() {
+        return Ok(Some(file.json(MODEL_KEY)?));
+    }
+    if file.metadata(CONFIG_KEY).is_some() {
+        let run: RunConfig = file.json(CONFIG_KEY)?;
+        return Ok(Some(run.model));
+    }
+    Ok(None)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let model = cli.model.clone();
+    let model = match cli.mode() {
+        Mode::Train => cli.model.clone(),
+        Mode::Eval(path) | Mode::Sample(path, _) => match stored_model_args(&path)? {
+            Some(stored) => {
+                println!("model settings from {}: {stored:?}", path.display());
+                stored
+            }
+            None => {
+                println!(
+                    "{} carries no settings of this example: the flags describe the model",
+                    path.display()
+                );
+                cli.model.clone()
+            }
+        },
+    };
 
     let device = cli.run.device()?;
     let dir = Mnist::locate(cli.run.data.as_deref())?;
@@ -330,7 +401,6 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims, P: Prior>(
             .with_binarization(test_bin)
             .with_layout(layout),
     )?;
-    let optimizer = Adam::from_store(params, cli.optim.adam_config())?;
     let analytic = vae.prior().has_analytic_kl(TypeId::of::<E::Posterior>());
     let kl = cli.objective.kl_estimator(analytic)?;
     println!(
@@ -362,19 +432,45 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims, P: Prior>(
         params.num_parameters(),
         cli.objective.describe(),
     );
-    let mut session = Session {
-        vae,
-        params,
-        optimizer,
-        objective: cli.objective.objective(kl)?,
-        train,
-        test,
-        state: TrainingState::new(cli.run.seed),
-        optim: cli.optim.clone(),
-        device,
-        seed: cli.run.seed,
-    };
-    let checkpoint = cli.run.checkpoint(EXAMPLE);
+    let out = cli.run.out_dir(EXAMPLE);
+    match cli.mode() {
+        Mode::Train => {}
+        Mode::Eval(path) => {
+            restore(&path, params, &device)?;
+            let mut noise = NoiseSource::new(cli.run.seed).substream(TEST_STREAM);
+            let eval = evaluate(vae, &test, &mut noise, &device, |_| {})?;
+            println!(
+                "test ({} images): -ELBO {:.4} = reconstruction {:.4} + KL {:.4}; {} active units",
+                eval.examples,
+                eval.neg_elbo,
+                eval.reconstruction,
+                eval.kl,
+                eval.active_units.count()
+            );
+            if cli.run.eval_k > 0 {
+                common::evaluate_model(
+                    vae,
+                    &test,
+                    cli.run.seed,
+                    cli.run.eval_k,
+                    cli.objective.bound_k(),
+                    EVAL_CHUNK,
+                    &device,
+                )?;
+            }
+            return Ok(());
+        }
+        Mode::Sample(path, n) => {
+            restore(&path, params, &device)?;
+            let mut noise = NoiseSource::new(cli.run.seed).substream(PICTURE_STREAM);
+            let samples = vae.sample(n, DType::F32, &device, &mut noise)?;
+            let columns = (n as f64).sqrt().ceil() as usize;
+            let file = out.join(format!("samples-{n}.png"));
+            viz::save_grid(&file, &samples, shape(), &GridConfig::new(columns.max(1)))?;
+            println!("{n} samples: {}", file.display());
+            return Ok(());
+        }
+    }
     let config = RunConfig {
         model: model.clone(),
         objective: cli.objective.clone(),
@@ -382,20 +478,46 @@ fn run<E: EncoderT + Dims, D: Decoder + Dims, P: Prior>(
         batch_size: cli.run.batch_size,
         seed: cli.run.seed,
     };
-    session.maybe_resume(cli.run.resume, &checkpoint, &config)?;
-    let out = cli.run.out_dir(EXAMPLE);
-    let test_set = session.test.dataset().clone();
-    let device = session.device.clone();
-    session.fit(cli.run.epochs, &checkpoint, &config, |vae, _| {
+    let objective = cli.objective.objective(kl)?;
+    let mut trainer = common::trainer(
+        vae, params, &cli.optim, objective, train, test, &cli.run, EXAMPLE, &config,
+    )?;
+    let checkpoint = cli.run.checkpoint(EXAMPLE);
+    let test_set = trainer.test_data().dataset().clone();
+    common::fit(&mut trainer, |vae, _| {
         epoch_pictures(vae, &test_set, layout, cli.run.seed, &out, &device)
     })?;
     println!("checkpoint: {}", checkpoint.display());
+    common::save_training_curve(&out.join("curve.png"), &trainer.state().history)?;
+
+    // The weights alone (PyTorch's strict load_state_dict takes them for the default
+    // architecture) with this example's model settings, for --eval and --sample.
+    let model_file = out.join("model.safetensors");
+    let mut export = Checkpoint::from_params(params)?;
+    export.set_json(MODEL_KEY, model)?;
+    export.save(&model_file)?;
+    println!("model only: {}", model_file.display());
 
     final_pictures(vae, &test_set, layout, cli.run.seed, &out, &device)?;
-    println!("pictures: {}", out.display());
+    println!("pictures, history.csv and curve.png: {}", out.display());
     if cli.run.eval_k > 0 {
-        session.final_evaluation(cli.run.eval_k, cli.objective.bound_k(), EVAL_CHUNK)?;
+        common::final_evaluation(
+            &trainer,
+            cli.run.eval_k,
+            cli.objective.bound_k(),
+            EVAL_CHUNK,
+        )?;
     }
+    Ok(())
+}
+
+/// Loads the weights of `path` into `params`, strictly: every tensor of the model must be
+/// in the file and every tensor of the file (optimiser state aside) in the model.
+fn restore(path: &Path, params: &ParamStore, device: &Device) -> Result<()> {
+    Checkpoint::load(path, device)?
+        .restore(params)
+        .with_context(|| format!("loading the weights of {}", path.display()))?;
+    println!("weights: {}", path.display());
     Ok(())
 }
 

@@ -1,15 +1,17 @@
 //! Images held in memory, and their binarization.
 
+#[cfg(feature = "data")]
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::conv::ImageShape;
-use crate::error::{Error, IdxProblem, Result, ensure};
+use crate::error::{Error, Result, ensure};
 use crate::noise::NoiseSource;
+use crate::shape::ImageShape;
 
+#[cfg(feature = "data")]
 use super::idx;
 
 /// 8-bit grayscale images of one size, with optional labels, held in memory.
@@ -125,9 +127,13 @@ impl ImageDataset {
 
     /// Reads images (and labels) from IDX files, plain or gzipped.
     ///
+    /// Needs the `data` feature (on by default).
+    ///
     /// # Errors
     /// [`Error::Io`] if a file cannot be read; [`Error::Idx`] if one is malformed or the
     /// label file does not hold one label per image ([`IdxProblem::CountMismatch`]).
+    #[cfg(feature = "data")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "data")))]
     pub fn from_idx(images: impl AsRef<Path>, labels: Option<&Path>) -> Result<Self> {
         let images = images.as_ref();
         let array = idx::read_images(images)?;
@@ -138,7 +144,7 @@ impl ImageDataset {
                 if labels.len() != count {
                     return Err(Error::Idx {
                         path: path.to_path_buf(),
-                        problem: IdxProblem::CountMismatch {
+                        problem: crate::error::IdxProblem::CountMismatch {
                             labels: labels.len(),
                             images: count,
                             images_path: images.to_path_buf(),

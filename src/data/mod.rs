@@ -1,5 +1,9 @@
 //! Image datasets: IDX files, binarization, seeded shuffling and batching.
 //!
+//! The in-memory datasets and the loader are always there; the file readers ([`idx`],
+//! [`mnist`], [`faces`], [`counts`], [`resolve_data_dir`]) need the `data` feature (on by
+//! default), which brings `flate2`.
+//!
 //! * [`idx`] reads the IDX format of MNIST (plain or gzip), strictly.
 //! * [`ImageDataset`] holds 8-bit grayscale images (and optional labels) in memory and
 //!   turns any subset into a tensor in [0, 1].
@@ -31,18 +35,34 @@
 //! # Ok::<(), candle_vae::Error>(())
 //! ```
 
-pub mod counts;
 mod dataset;
-pub mod faces;
-pub mod idx;
 mod loader;
-mod location;
-pub mod mnist;
 pub mod split;
 
-pub use counts::{CelltypistSample, CountDataset, Pbmc68kReduced};
 pub use dataset::{Binarization, ImageDataset, Layout};
-pub use faces::{FreyFace, Olivetti};
 pub use loader::{Batch, DataLoader, DataLoaderConfig, Epoch, Order};
+
+// The file readers and their `flate2` dependency: the `data` feature (on by default).
+#[cfg(feature = "data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data")))]
+pub mod counts;
+#[cfg(feature = "data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data")))]
+pub mod faces;
+#[cfg(feature = "data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data")))]
+pub mod idx;
+#[cfg(feature = "data")]
+mod location;
+#[cfg(feature = "data")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data")))]
+pub mod mnist;
+
+#[cfg(feature = "data")]
+pub use counts::{CelltypistSample, CountDataset, Pbmc68kReduced};
+#[cfg(feature = "data")]
+pub use faces::{FreyFace, Olivetti};
+#[cfg(feature = "data")]
 pub use location::{DATA_ENV, DatasetFiles, resolve_data_dir};
+#[cfg(feature = "data")]
 pub use mnist::Mnist;

@@ -20,7 +20,6 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Shape, Tenso
 use super::math::{bce_with_logit, exp, sigmoid, vectorized};
 use super::parallel::for_each;
 use super::storage::{is_cpu_f32, slice, with_slice};
-use crate::loss::Reduction;
 
 /// Rows of the logits per parallel task are chosen to give about this many elements.
 const ELEMENTS_PER_TASK: usize = 1 << 14;
@@ -38,7 +37,8 @@ pub(crate) struct ElboTerms {
 
 /// The fused negative ELBO, if it applies: enabled, CPU `f32` tensors, data that needs no
 /// gradient, logits in the data's shape (one sample per example) and a posterior of shape
-/// `(N, D)`. `Ok(None)` otherwise.
+/// `(N, D)`. `Ok(None)` otherwise. `example_weight` is each example's weight in the reduced
+/// terms: 1 for a sum, 1/N for a batch mean.
 ///
 /// # Errors
 /// Only candle's own.
@@ -48,7 +48,7 @@ pub(crate) fn try_elbo(
     mean: &Tensor,
     log_var: &Tensor,
     kl_weight: f64,
-    reduction: Reduction,
+    example_weight: f64,
 ) -> candle_core::Result<Option<ElboTerms>> {
     let applies = super::fused_kernels().elbo
         && [logits, x, mean, log_var].iter().all(|t| is_cpu_f32(t))
@@ -70,10 +70,7 @@ pub(crate) fn try_elbo(
         p: x.elem_count() / n,
         d,
         kl_weight,
-        scale: match reduction {
-            Reduction::Sum => 1.0,
-            Reduction::BatchMean => 1.0 / n as f64,
-        },
+        scale: example_weight,
     };
     let packed = logits
         .contiguous()?

@@ -27,7 +27,7 @@ use super::math::vectorized;
 use super::parallel::{blocks_for, run_all};
 use super::sink;
 use super::storage::{is_cpu_f32, slice, with_slice};
-use crate::layers::Activation;
+use crate::ops::Activation;
 
 /// `activation(layer(x))`: the fused kernel where it applies (enabled, CPU, `f32`, `x` of
 /// rank 2, a bias), candle's ops elsewhere. ReLU is fused; any other activation is applied

@@ -37,8 +37,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::conv::ImageShape;
 use crate::error::{Error, Result, ensure};
+use crate::shape::ImageShape;
 
 pub use latent::{interpolation_latents, inverse_normal_cdf, manifold_latents, traversal_latents};
 pub use scatter::{PALETTE, ScatterConfig, scatter};

@@ -1,17 +1,18 @@
 //! The training objective: the negative evidence lower bound and its variants.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 
 use candle_core::{D, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::component::{Decoder, EncoderT};
 use crate::distribution::DiagonalGaussian;
 use crate::error::{Error, ensure};
 use crate::fused;
 use crate::likelihood::{Likelihood, StandardLikelihood};
 use crate::prior::{Prior, StandardNormal};
 use crate::reparameterize::Reparameterize;
-use crate::vae::VaeOutput;
+use crate::vae::{ConditionalVae, Vae, VaeOutput};
 
 /// How per-example losses become one number.
 ///
@@ -38,6 +39,14 @@ impl Reduction {
         match self {
             Reduction::Sum => per_example.sum_all(),
             Reduction::BatchMean => per_example.mean_all(),
+        }
+    }
+
+    /// The weight of one example in the reduced value of a batch of `n`.
+    pub(crate) fn example_weight(self, n: usize) -> f64 {
+        match self {
+            Reduction::Sum => 1.0,
+            Reduction::BatchMean => 1.0 / n as f64,
         }
     }
 }
@@ -352,7 +361,9 @@ impl ElboLoss {
                     gaussian.mean(),
                     gaussian.log_var(),
                     kl_weight,
-                    self.config.reduction,
+                    self.config
+                        .reduction
+                        .example_weight(xs.dims().first().map_or(1, |&n| n)),
                 )?;
                 if let Some(terms) = fused {
                     return Ok(Elbo {
@@ -425,5 +436,49 @@ impl ElboLoss {
             kl_per_dim,
             per_example,
         })
+    }
+}
+
+// The model's constructor of its loss lives here, beside the loss, so that `vae` does not
+// depend on `loss` (which depends on `vae` for `VaeOutput`).
+impl<E, Dec, L, P> Vae<E, Dec, L, P>
+where
+    E: EncoderT,
+    Dec: Decoder,
+    L: Likelihood,
+    P: Prior,
+{
+    /// An [`ElboLoss`] for this model, with the pair of posterior family and prior checked
+    /// here: [`KlEstimator::Analytic`] needs a closed form of KL(q ‖ p).
+    ///
+    /// # Errors
+    /// [`Error::NoAnalyticKl`] naming both types if the prior has no closed form for the
+    /// encoder's posterior family; [`Error::InvalidConfig`] for a bad config.
+    pub fn elbo_loss(&self, config: ElboLossConfig) -> crate::Result<ElboLoss> {
+        if config.kl_estimator == KlEstimator::Analytic
+            && !self.prior().has_analytic_kl(TypeId::of::<E::Posterior>())
+        {
+            return Err(Error::NoAnalyticKl {
+                prior: std::any::type_name::<P>(),
+                posterior: std::any::type_name::<E::Posterior>(),
+            });
+        }
+        ElboLoss::new(config)
+    }
+}
+
+impl<E, Dec, L, P> ConditionalVae<E, Dec, L, P>
+where
+    E: EncoderT,
+    Dec: Decoder,
+    L: Likelihood,
+    P: Prior,
+{
+    /// An [`ElboLoss`] for this model (see [`Vae::elbo_loss`]).
+    ///
+    /// # Errors
+    /// As [`Vae::elbo_loss`].
+    pub fn elbo_loss(&self, config: ElboLossConfig) -> crate::Result<ElboLoss> {
+        self.inner.elbo_loss(config)
     }
 }

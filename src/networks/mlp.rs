@@ -17,6 +17,7 @@ use crate::distribution::DiagonalGaussian;
 use crate::error::{Error, ensure, ensure_layer};
 use crate::fused::linear as fused;
 use crate::layers::{Activation, linear};
+use crate::networks::architecture::Architecture;
 
 /// Configuration of an [`MlpEncoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +103,8 @@ pub struct MlpEncoder {
     mean: Linear,
     log_var: Linear,
     config: MlpEncoderConfig,
+    /// Where its tensors live: the `VarBuilder` prefix it was built under.
+    prefix: String,
 }
 
 impl MlpEncoder {
@@ -125,6 +128,7 @@ impl MlpEncoder {
             log_var: linear(width, config.latent_dim, vb.pp(format!("fc{head}2")))?,
             hidden,
             config: config.clone(),
+            prefix: vb.prefix(),
         })
     }
 
@@ -292,6 +296,8 @@ pub struct MlpDecoder {
     hidden: Vec<Linear>,
     output: Linear,
     config: MlpDecoderConfig,
+    /// Where its tensors live: the `VarBuilder` prefix it was built under.
+    prefix: String,
 }
 
 impl MlpDecoder {
@@ -318,6 +324,7 @@ impl MlpDecoder {
             hidden,
             output,
             config: config.clone(),
+            prefix: vb.prefix(),
         })
     }
 
@@ -357,5 +364,39 @@ impl Dims for MlpDecoder {
 
     fn data_shape(&self) -> Vec<usize> {
         vec![self.config.params_per_element * self.config.output_dim]
+    }
+}
+
+impl Architecture for MlpEncoder {
+    type Spec = MlpEncoderConfig;
+    const KIND: &'static str = "MlpEncoder";
+
+    fn spec(&self) -> Self::Spec {
+        self.config.clone()
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn build(spec: &Self::Spec, vb: VarBuilder) -> crate::Result<Self> {
+        Self::new(spec, vb)
+    }
+}
+
+impl Architecture for MlpDecoder {
+    type Spec = MlpDecoderConfig;
+    const KIND: &'static str = "MlpDecoder";
+
+    fn spec(&self) -> Self::Spec {
+        self.config.clone()
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn build(spec: &Self::Spec, vb: VarBuilder) -> crate::Result<Self> {
+        Self::new(spec, vb)
     }
 }

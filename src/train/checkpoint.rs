@@ -335,7 +335,7 @@ pub fn remove_stale_temporaries(path: &Path) {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, so readers
 /// see the old content or the new, never a mix.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = directory(path);
     let tmp = temporary_path(path)?;
 

@@ -1,33 +1,5 @@
-//! The reusable parts of a training loop: an objective, one epoch of training, an
-//! evaluation pass, the importance-sampled likelihood over a dataset, and the state a
-//! checkpoint needs so that a resumed run repeats the uninterrupted one exactly.
-//!
-//! ```
-//! use candle_core::{DType, Device};
-//! use candle_vae::data::{DataLoader, DataLoaderConfig, ImageDataset, Order};
-//! use candle_vae::train::{Objective, TrainingState, evaluate, train_epoch};
-//! use candle_vae::*;
-//!
-//! let device = Device::Cpu;
-//! let pixels: Vec<u8> = (0..40 * 16).map(|i| (i * 37 % 256) as u8).collect();
-//! let data = ImageDataset::new(pixels, 4, 4, None)?;
-//! let train = DataLoader::new(data.clone(), DataLoaderConfig::new(8))?;
-//! let test = DataLoader::new(data, DataLoaderConfig::new(8).with_order(Order::Sequential))?;
-//!
-//! let params = ParamStore::new(1);
-//! let vb = params.var_builder(DType::F32, &device);
-//! let enc = MlpEncoder::new(&MlpEncoderConfig::new(16, &[8], 2), vb.pp("enc"))?;
-//! let dec = MlpDecoder::new(&MlpDecoderConfig::new(2, &[8], 16), vb.pp("dec"))?;
-//! let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
-//! let mut adam = Adam::from_store(&params, AdamConfig::new(1e-2))?;
-//! let objective = Objective::Elbo(ElboLoss::new(ElboLossConfig::default())?);
-//! let mut state = TrainingState::new(7);
-//!
-//! let summary = train_epoch(&vae, &mut adam, &objective, &train, &mut state, &device, |_, _| {})?;
-//! let eval = evaluate(&vae, &test, &mut NoiseSource::new(0), &device, |_| {})?;
-//! assert_eq!((summary.examples, eval.examples, state.step), (40, 40, 5));
-//! # Ok::<(), candle_vae::Error>(())
-//! ```
+//! One epoch of training, an evaluation pass, the importance-sampled likelihood over a
+//! dataset, and the state a checkpoint needs to resume (re-exported by [`train`](crate::train)).
 
 use std::path::Path;
 use std::time::Instant;
@@ -291,22 +263,34 @@ impl TrainingState {
         O: OptimizerState + ?Sized,
     {
         let checkpoint = Checkpoint::load(path, device)?;
-        let saved: SavedState = checkpoint.json(STATE_KEY)?;
         let config: C = checkpoint.json(CONFIG_KEY)?;
+        let state = Self::restore(&checkpoint, params, optimizer)?;
+        Ok((state, config))
+    }
+
+    /// As [`resume`](Self::resume), from a checkpoint already loaded, leaving the run's
+    /// configuration to the caller ([`Trainer`](crate::train::Trainer) compares it
+    /// setting by setting before it calls this).
+    ///
+    /// # Errors
+    /// As [`resume`](Self::resume).
+    pub fn restore<P, O>(checkpoint: &Checkpoint, params: &P, optimizer: &mut O) -> Result<Self>
+    where
+        P: Parameters + ?Sized,
+        O: OptimizerState + ?Sized,
+    {
+        let saved: SavedState = checkpoint.json(STATE_KEY)?;
         // Check the optimiser's state before changing anything.
-        optimizer.check_state(&checkpoint)?;
+        optimizer.check_state(checkpoint)?;
         checkpoint.restore(params)?;
-        optimizer.load_state(&checkpoint)?;
-        Ok((
-            Self {
-                epoch: saved.epoch,
-                step: saved.step,
-                data_noise: NoiseSource::from_state(saved.data_noise),
-                model_noise: NoiseSource::from_state(saved.model_noise),
-                history: saved.history,
-            },
-            config,
-        ))
+        optimizer.load_state(checkpoint)?;
+        Ok(Self {
+            epoch: saved.epoch,
+            step: saved.step,
+            data_noise: NoiseSource::from_state(saved.data_noise),
+            model_noise: NoiseSource::from_state(saved.model_noise),
+            history: saved.history,
+        })
     }
 }
 

@@ -5,46 +5,9 @@
 //! weights from a Kaiming normal. Matching PyTorch's initialisation is what lets our MNIST
 //! model reach the numbers of the PyTorch example, so the constructors here use it.
 
-use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
-use serde::{Deserialize, Serialize};
 
-use crate::ops;
-
-/// The non-linearity between layers.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Activation {
-    /// max(0, x), as in the PyTorch VAE example.
-    #[default]
-    Relu,
-    /// tanh(x), as in Kingma & Welling (2013) and Burda et al. (2015).
-    Tanh,
-    /// log(1 + eˣ), as in Kingma & Welling's Frey Face model.
-    Softplus,
-    /// x for x > 0, eˣ − 1 otherwise.
-    Elu,
-    /// max(x, slope·x).
-    LeakyRelu(f64),
-    /// x·σ(x).
-    Silu,
-    /// The erf-based GELU.
-    Gelu,
-}
-
-impl Module for Activation {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Relu => xs.relu(),
-            Activation::Tanh => xs.tanh(),
-            Activation::Softplus => ops::softplus(xs),
-            Activation::Elu => xs.elu(1.0),
-            Activation::LeakyRelu(slope) => candle_nn::ops::leaky_relu(xs, *slope),
-            Activation::Silu => xs.silu(),
-            Activation::Gelu => xs.gelu_erf(),
-        }
-    }
-}
+pub use crate::ops::Activation;
 
 fn uniform_init(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();

@@ -20,38 +20,10 @@ use crate::distribution::DiagonalGaussian;
 use crate::error::{Error, elements, ensure, ensure_layer};
 use crate::fused;
 use crate::layers::{Activation, conv_transpose2d, conv2d, linear};
+use crate::networks::architecture::Architecture;
+pub use crate::shape::ImageShape;
 
 const KERNEL: usize = 4;
-
-/// The shape of one image: channels, height, width.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageShape {
-    /// Channels (1 for grayscale).
-    pub channels: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// Width in pixels.
-    pub width: usize,
-}
-
-impl ImageShape {
-    /// `channels × height × width`.
-    pub fn new(channels: usize, height: usize, width: usize) -> Self {
-        Self {
-            channels,
-            height,
-            width,
-        }
-    }
-
-    /// Number of values in one image (saturating at `usize::MAX`; the configs' `validate`
-    /// refuses images of more than [`MAX_ELEMENTS`](crate::MAX_ELEMENTS) values).
-    pub fn elem_count(&self) -> usize {
-        self.channels
-            .saturating_mul(self.height)
-            .saturating_mul(self.width)
-    }
-}
 
 /// The spatial size after each stride-2 stage, starting with the input's.
 fn stage_sizes(image: ImageShape, stages: usize) -> Vec<(usize, usize)> {
@@ -239,6 +211,8 @@ pub struct ConvEncoder {
     mean: Linear,
     log_var: Linear,
     config: ConvEncoderConfig,
+    /// Where its tensors live: the `VarBuilder` prefix it was built under.
+    prefix: String,
 }
 
 impl ConvEncoder {
@@ -281,6 +255,7 @@ impl ConvEncoder {
             mean: linear(width, config.latent_dim, vb.pp("mean"))?,
             log_var: linear(width, config.latent_dim, vb.pp("log_var"))?,
             config: config.clone(),
+            prefix: vb.prefix(),
         })
     }
 
@@ -443,6 +418,8 @@ pub struct ConvDecoder {
     project: Linear,
     stages: Vec<UpStage>,
     config: ConvDecoderConfig,
+    /// Where its tensors live: the `VarBuilder` prefix it was built under.
+    prefix: String,
 }
 
 impl ConvDecoder {
@@ -495,6 +472,7 @@ impl ConvDecoder {
             project,
             stages: up,
             config: config.clone(),
+            prefix: vb.prefix(),
         })
     }
 
@@ -559,5 +537,39 @@ impl Dims for ConvDecoder {
             image.height,
             image.width,
         ]
+    }
+}
+
+impl Architecture for ConvEncoder {
+    type Spec = ConvEncoderConfig;
+    const KIND: &'static str = "ConvEncoder";
+
+    fn spec(&self) -> Self::Spec {
+        self.config.clone()
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn build(spec: &Self::Spec, vb: VarBuilder) -> crate::Result<Self> {
+        Self::new(spec, vb)
+    }
+}
+
+impl Architecture for ConvDecoder {
+    type Spec = ConvDecoderConfig;
+    const KIND: &'static str = "ConvDecoder";
+
+    fn spec(&self) -> Self::Spec {
+        self.config.clone()
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn build(spec: &Self::Spec, vb: VarBuilder) -> crate::Result<Self> {
+        Self::new(spec, vb)
     }
 }
