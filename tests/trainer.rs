@@ -109,7 +109,10 @@ fn objective() -> Result<Objective> {
     )?))
 }
 
-fn bits(varmap: &VarMap) -> Result<Vec<(String, Vec<u32>)>> {
+/// Every parameter's name and bits.
+type Bits = Vec<(String, Vec<u32>)>;
+
+fn bits(varmap: &VarMap) -> Result<Bits> {
     varmap
         .named_parameters()?
         .into_iter()
@@ -140,11 +143,7 @@ fn config(epochs: usize, dir: &Path) -> TrainerConfig {
 
 /// Trains `epochs` epochs in one go, or stops after `stop` and resumes in a "new process"
 /// (a fresh VarMap of other random values, a fresh optimiser, a fresh Trainer).
-fn run(
-    epochs: usize,
-    stop: Option<usize>,
-    dir: &Path,
-) -> Result<(Vec<(String, Vec<u32>)>, Vec<EpochRecord>)> {
+fn run(epochs: usize, stop: Option<usize>, dir: &Path) -> Result<(Bits, Vec<EpochRecord>)> {
     let (train, test) = loaders()?;
     let varmap = VarMap::new();
     let vae = candle_vae_on(&varmap, 5)?;
