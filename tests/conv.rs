@@ -12,7 +12,7 @@ use candle_vae::{
     ElboLossConfig, Encoder, GaussianMean, ImageShape, NoiseSource, ParamStore, StandardLikelihood,
     Vae,
 };
-use common::{CPU, assert_close, scalar, tensor, values};
+use common::{assert_close, dev, scalar, tensor, values};
 
 /// PyTorch's `Conv2d` output size: ⌊(s + 2p − d(k − 1) − 1)/stride⌋ + 1.
 fn torch_conv_out(s: usize, k: usize, stride: usize, p: usize) -> usize {
@@ -33,7 +33,7 @@ const GEOMETRIES: [(usize, usize, usize, &[usize]); 5] = [
     (2, 9, 14, &[3, 4, 5]),
 ];
 
-#[test]
+device_test!(stage_sizes_follow_pytorchs_formulas);
 fn stage_sizes_follow_pytorchs_formulas() -> Result<()> {
     for (c, h, w, stages) in GEOMETRIES {
         let config = ConvEncoderConfig::new(ImageShape::new(c, h, w), stages, 4);
@@ -69,7 +69,7 @@ fn stage_sizes_follow_pytorchs_formulas() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(round_trip_shapes_for_many_image_sizes);
 fn round_trip_shapes_for_many_image_sizes() -> Result<()> {
     for (c, h, w, stages) in GEOMETRIES {
         for (likelihood, p) in [
@@ -80,7 +80,7 @@ fn round_trip_shapes_for_many_image_sizes() -> Result<()> {
             ),
         ] {
             let store = ParamStore::new(1);
-            let vb = store.var_builder(DType::F32, &CPU);
+            let vb = store.var_builder(DType::F32, &dev());
             let image = ImageShape::new(c, h, w);
             let enc = ConvEncoder::new(
                 &ConvEncoderConfig::new(image, stages, 3).with_hidden(8),
@@ -94,7 +94,7 @@ fn round_trip_shapes_for_many_image_sizes() -> Result<()> {
             )?;
             assert_eq!(enc.data_shape(), vec![c, h, w]);
             assert_eq!(dec.data_shape(), vec![p * c, h, w]);
-            let xs = NoiseSource::new(2).uniform((2, c, h, w), DType::F32, &CPU)?;
+            let xs = NoiseSource::new(2).uniform((2, c, h, w), DType::F32, &dev())?;
             let q = enc.encode(&xs)?;
             assert_eq!(q.mean().dims(), &[2, 3]);
             let out = dec.forward(q.mean())?;
@@ -116,7 +116,7 @@ fn round_trip_shapes_for_many_image_sizes() -> Result<()> {
             }
             assert_eq!(vae.reconstruct(&xs)?.dims(), &[2, c, h, w]);
             assert_eq!(
-                vae.sample(3, DType::F32, &CPU, &mut NoiseSource::new(4))?
+                vae.sample(3, DType::F32, &dev(), &mut NoiseSource::new(4))?
                     .dims(),
                 &[3, c, h, w]
             );
@@ -272,10 +272,10 @@ const GOLDEN_PARAMS: [(&str, usize, f64); 14] = [
     ("dec.deconv1.bias", 13, 0.5),
 ];
 
-#[test]
+device_test!(odd_sized_conv_model_matches_pytorch);
 fn odd_sized_conv_model_matches_pytorch() -> Result<()> {
     let store = ParamStore::new(0);
-    let vb = store.var_builder(DType::F32, &CPU);
+    let vb = store.var_builder(DType::F32, &dev());
     let image = ImageShape::new(1, 7, 5);
     let enc = ConvEncoder::new(&ConvEncoderConfig::new(image, &[2, 3], 2), vb.pp("enc"))?;
     let dec = ConvDecoder::new(&ConvDecoderConfig::new(2, image, &[2, 3]), vb.pp("dec"))?;
@@ -294,7 +294,7 @@ fn odd_sized_conv_model_matches_pytorch() -> Result<()> {
         let data: Vec<f32> = (0..var.elem_count())
             .map(|j| (offset + 0.6 * (0.53 * j as f64 + 0.9 * *p as f64).sin()) as f32)
             .collect();
-        var.set(&Tensor::from_vec(data, var.shape(), &CPU)?)?;
+        var.set(&Tensor::from_vec(data, var.shape(), &dev())?)?;
     }
     let x: Vec<f64> = (0..70)
         .map(|i| (((0.77 * i as f64).sin() + 1.0) / 2.0) as f32 as f64)
@@ -347,11 +347,11 @@ fn check_gradients(
             let eval = |delta: f64| -> Result<f64> {
                 let mut moved = original.clone();
                 moved[i] += delta;
-                var.set(&Tensor::from_vec(moved, var.shape(), &CPU)?)?;
+                var.set(&Tensor::from_vec(moved, var.shape(), &dev())?)?;
                 scalar(&f()?)
             };
             let fd = (eval(h)? - eval(-h)?) / (2.0 * h);
-            var.set(&Tensor::from_vec(original.clone(), var.shape(), &CPU)?)?;
+            var.set(&Tensor::from_vec(original.clone(), var.shape(), &dev())?)?;
             assert_close(
                 &format!("{what}: ∂/∂{name}[{i}]"),
                 g[i],
@@ -364,13 +364,13 @@ fn check_gradients(
     Ok(checked)
 }
 
-#[test]
+device_test!(conv_decoder_gradients_match_finite_differences);
 fn conv_decoder_gradients_match_finite_differences() -> Result<()> {
     // 7×5: both stages use output padding, the first also crops a column (3×3 → 3×2).
     // 6×6: output padding without a crop on the inner stage, none on the outer.
     for (h, w, stages) in [(7, 5, &[2usize, 3][..]), (6, 6, &[2, 2][..])] {
         let store = ParamStore::new(5);
-        let vb = store.var_builder(DType::F64, &CPU);
+        let vb = store.var_builder(DType::F64, &dev());
         let image = ImageShape::new(1, h, w);
         let dec = ConvDecoder::new(
             &ConvDecoderConfig::new(2, image, stages).with_activation(Activation::Tanh),
@@ -379,7 +379,7 @@ fn conv_decoder_gradients_match_finite_differences() -> Result<()> {
         let z = candle_core::Var::from_tensor(&tensor(&[0.4, -0.9, 1.3, 0.2], &[2, 2])?)?;
         // A fixed random linear functional of the output, so every output pixel matters
         // with its own weight (a crop keeping the wrong rows would change the gradient).
-        let r = NoiseSource::new(6).standard_normal((2, 1, h, w), DType::F64, &CPU)?;
+        let r = NoiseSource::new(6).standard_normal((2, 1, h, w), DType::F64, &dev())?;
         let f = || -> Result<Tensor> { Ok((dec.forward(z.as_tensor())? * &r)?.sum_all()?) };
         let n = check_gradients(&format!("ConvDecoder {h}×{w}"), &store, &[("z", &z)], &f)?;
         ensure!(n > 50, "only {n} gradients checked");
@@ -387,10 +387,10 @@ fn conv_decoder_gradients_match_finite_differences() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(conv_encoder_gradients_match_finite_differences);
 fn conv_encoder_gradients_match_finite_differences() -> Result<()> {
     let store = ParamStore::new(7);
-    let vb = store.var_builder(DType::F64, &CPU);
+    let vb = store.var_builder(DType::F64, &dev());
     let enc = ConvEncoder::new(
         &ConvEncoderConfig::new(ImageShape::new(1, 7, 5), &[2, 3], 2)
             .with_activation(Activation::Tanh),
@@ -399,7 +399,7 @@ fn conv_encoder_gradients_match_finite_differences() -> Result<()> {
     let x = candle_core::Var::from_tensor(&NoiseSource::new(8).uniform(
         (2, 1, 7, 5),
         DType::F64,
-        &CPU,
+        &dev(),
     )?)?;
     let a = tensor(&[0.7, -1.1, 0.4, 0.9], &[2, 2])?;
     let b = tensor(&[-0.3, 0.5, 1.2, -0.8], &[2, 2])?;

@@ -7,7 +7,7 @@ mod common;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use candle_vae::{DiagonalGaussian, NoiseSource, Reparameterize};
-use common::{CPU, assert_all_close, assert_close, assert_within_se, mean_and_se, tensor, values};
+use common::{assert_all_close, assert_close, assert_within_se, dev, mean_and_se, tensor, values};
 
 /// Monte-Carlo samples per distribution (the issue asks for ≥ 10⁵).
 const MC_SAMPLES: usize = 200_000;
@@ -70,7 +70,7 @@ fn log_density_1d(z: f64, m: f64, v: f64) -> f64 {
     -(z - m).powi(2) / (2.0 * v) - 0.5 * (2.0 * std::f64::consts::PI * v).ln()
 }
 
-#[test]
+device_test!(kl_between_diagonal_gaussians_matches_closed_form);
 fn kl_between_diagonal_gaussians_matches_closed_form() -> Result<()> {
     let (mq, sq) = q_params();
     let (mp, sp) = p_params();
@@ -95,7 +95,7 @@ fn kl_between_diagonal_gaussians_matches_closed_form() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(kl_to_standard_normal_matches_closed_form_and_general_kl);
 fn kl_to_standard_normal_matches_closed_form_and_general_kl() -> Result<()> {
     let (mq, sq) = q_params();
     let q = gaussian(&mq, &sq)?;
@@ -116,15 +116,15 @@ fn kl_to_standard_normal_matches_closed_form_and_general_kl() -> Result<()> {
         F64_TOL,
     )?;
     // The specialised formula agrees with the general one against N(0, I).
-    let prior = DiagonalGaussian::standard(3, 4, DType::F64, &CPU)?;
+    let prior = DiagonalGaussian::standard(3, 4, DType::F64, &dev())?;
     assert_all_close("kl(q, N(0,I))", &values(&q.kl(&prior)?)?, &sums, F64_TOL)?;
     Ok(())
 }
 
-#[test]
+device_test!(kl_is_exactly_zero_at_the_prior);
 fn kl_is_exactly_zero_at_the_prior() -> Result<()> {
     for dtype in [DType::F32, DType::F64] {
-        let prior = DiagonalGaussian::standard(5, 7, dtype, &CPU)?;
+        let prior = DiagonalGaussian::standard(5, 7, dtype, &dev())?;
         for v in values(&prior.kl_standard_normal_per_dim()?)? {
             anyhow::ensure!(
                 v == 0.0,
@@ -151,13 +151,13 @@ fn mc_kl(q: &DiagonalGaussian, p: &DiagonalGaussian, seed: u64) -> Result<Vec<(f
     Ok(rows.iter().map(|r| mean_and_se(r)).collect())
 }
 
-#[test]
+device_test!(kl_agrees_with_monte_carlo_estimate);
 fn kl_agrees_with_monte_carlo_estimate() -> Result<()> {
     let (mq, sq) = q_params();
     let (mp, sp) = p_params();
     let q = gaussian(&mq, &sq)?;
     let p = gaussian(&mp, &sp)?;
-    let prior = DiagonalGaussian::standard(3, 4, DType::F64, &CPU)?;
+    let prior = DiagonalGaussian::standard(3, 4, DType::F64, &dev())?;
     for (other, name, seed) in [(&p, "KL(q‖p)", 1), (&prior, "KL(q‖N(0,I))", 2)] {
         let closed = values(&q.kl(other)?)?;
         for (row, (mean, se)) in mc_kl(&q, other, seed)?.into_iter().enumerate() {
@@ -173,10 +173,10 @@ fn kl_agrees_with_monte_carlo_estimate() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(log_prob_matches_hand_computed_values);
 fn log_prob_matches_hand_computed_values() -> Result<()> {
     // log N(0; 0, 1) = −½ ln 2π, to 16 digits.
-    let std_normal = DiagonalGaussian::standard(1, 1, DType::F64, &CPU)?;
+    let std_normal = DiagonalGaussian::standard(1, 1, DType::F64, &dev())?;
     let at_zero = values(&std_normal.log_prob(&tensor(&[0.0], &[1, 1])?)?)?;
     assert_close(
         "log N(0;0,1)",
@@ -213,7 +213,7 @@ fn log_prob_matches_hand_computed_values() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(accessors_are_consistent);
 fn accessors_are_consistent() -> Result<()> {
     let (mq, sq) = q_params();
     let q = gaussian(&mq, &sq)?;
@@ -226,10 +226,10 @@ fn accessors_are_consistent() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(entropy_matches_closed_form_and_monte_carlo);
 fn entropy_matches_closed_form_and_monte_carlo() -> Result<()> {
     // H[N(0, 1)] = ½ ln(2πe) = 1.4189385332046727.
-    let std_normal = DiagonalGaussian::standard(1, 1, DType::F64, &CPU)?;
+    let std_normal = DiagonalGaussian::standard(1, 1, DType::F64, &dev())?;
     assert_close(
         "H[N(0,1)]",
         values(&std_normal.entropy()?)?[0],
@@ -267,7 +267,7 @@ fn entropy_matches_closed_form_and_monte_carlo() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(works_in_f32_too);
 fn works_in_f32_too() -> Result<()> {
     // The f32 path gives the f64 answer to f32 precision: the inputs round by 6·10⁻⁸
     // relative, and ~10 operations (exp, and sums of O(1) terms of both signs) amplify it
@@ -292,10 +292,10 @@ fn works_in_f32_too() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(new_rejects_mismatched_shapes);
 fn new_rejects_mismatched_shapes() -> Result<()> {
-    let mean = Tensor::zeros((2, 3), DType::F32, &CPU)?;
-    let log_var = Tensor::zeros((2, 4), DType::F32, &CPU)?;
+    let mean = Tensor::zeros((2, 3), DType::F32, &dev())?;
+    let log_var = Tensor::zeros((2, 4), DType::F32, &dev())?;
     let err = DiagonalGaussian::new(mean, log_var)
         .err()
         .ok_or_else(|| anyhow::anyhow!("mismatched shapes accepted"))?;

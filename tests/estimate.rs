@@ -16,7 +16,7 @@ use candle_vae::{
     StandardLikelihood, Vae,
 };
 use common::{
-    CPU, Matrix, assert_all_close, assert_close, mean_and_se, mvn_log_density, tensor, values,
+    Matrix, assert_all_close, assert_close, dev, mean_and_se, mvn_log_density, tensor, values,
 };
 
 const DATA: usize = 4;
@@ -114,8 +114,8 @@ impl Ppca {
     /// `n` examples drawn from the model.
     fn sample(&self, n: usize, seed: u64) -> Result<Vec<Vec<f64>>> {
         let mut noise = NoiseSource::new(seed);
-        let z = values(&noise.standard_normal((n, LATENT), DType::F64, &CPU)?)?;
-        let e = values(&noise.standard_normal((n, DATA), DType::F64, &CPU)?)?;
+        let z = values(&noise.standard_normal((n, LATENT), DType::F64, &dev())?)?;
+        let e = values(&noise.standard_normal((n, DATA), DType::F64, &dev())?)?;
         Ok((0..n)
             .map(|r| {
                 (0..DATA)
@@ -137,7 +137,7 @@ impl Ppca {
         let store = ParamStore::new(0);
         let dec = MlpDecoder::new(
             &MlpDecoderConfig::new(LATENT, &[], DATA),
-            store.var_builder(DType::F64, &CPU).pp("dec"),
+            store.var_builder(DType::F64, &dev()).pp("dec"),
         )?;
         for (name, var) in store.named_vars()? {
             match name.as_str() {
@@ -240,7 +240,7 @@ fn kl_diag_to_full(m: &[f64], v: &[f64], mu: &[f64], sigma: &Matrix) -> Result<f
     Ok(0.5 * (trace + quad - LATENT as f64 + sigma.log_det_spd()? - log_det_q))
 }
 
-#[test]
+device_test!(closed_form_is_consistent_with_bayes_rule);
 fn closed_form_is_consistent_with_bayes_rule() -> Result<()> {
     // Guard on the test's own algebra: log p(x) = log p(x|z) + log p(z) − log p(z|x) for
     // any z, with every term computed independently here (1e-12: f64 on O(10) values).
@@ -272,7 +272,7 @@ fn closed_form_is_consistent_with_bayes_rule() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(exact_posterior_gives_exact_weights);
 fn exact_posterior_gives_exact_weights() -> Result<()> {
     // With orthogonal columns the true posterior is diagonal, so an encoder that outputs
     // it makes every importance weight equal p(x): log w = log p(x) for every sample, and
@@ -301,7 +301,7 @@ fn exact_posterior_gives_exact_weights() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(importance_sampling_matches_closed_form_log_likelihood);
 fn importance_sampling_matches_closed_form_log_likelihood() -> Result<()> {
     let model = Ppca::general();
     let encoder = FixedEncoder::imperfect(&model)?;
@@ -353,7 +353,7 @@ fn assert_estimate_within_se(what: &str, est: &[f64], exact: &[f64], log_w: &Ten
     Ok(())
 }
 
-#[test]
+device_test!(importance_sampling_with_a_shifted_scaled_prior_matches_closed_form);
 fn importance_sampling_with_a_shifted_scaled_prior_matches_closed_form() -> Result<()> {
     // z ~ N(m, diag s²), x | z ~ N(Wz + b, σ²I): with z = m + s·z′ this is the pPCA model
     // with W′ = W diag(s) and b′ = Wm + b, so log p(x) = log N(x; b′, W′W′ᵀ + σ²I). The
@@ -436,7 +436,7 @@ fn importance_sampling_with_a_shifted_scaled_prior_matches_closed_form() -> Resu
     Ok(())
 }
 
-#[test]
+device_test!(iwae_bound_rises_with_k_and_stays_below_log_likelihood);
 fn iwae_bound_rises_with_k_and_stays_below_log_likelihood() -> Result<()> {
     let model = Ppca::general();
     let encoder = FixedEncoder::imperfect(&model)?;
@@ -500,7 +500,7 @@ fn iwae_bound_rises_with_k_and_stays_below_log_likelihood() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(chunk_size_does_not_change_the_estimate);
 fn chunk_size_does_not_change_the_estimate() -> Result<()> {
     let model = Ppca::general();
     let vae = model.vae(FixedEncoder::imperfect(&model)?)?;
@@ -539,7 +539,7 @@ fn chunk_size_does_not_change_the_estimate() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(chunked_log_sum_exp_is_exact_on_known_weights);
 fn chunked_log_sum_exp_is_exact_on_known_weights() -> Result<()> {
     // log w_j = 1000 + ln j for samples j = 1…K: the estimate is 1000 + ln((K + 1)/2),
     // with no overflow although e^1000 is not representable.
@@ -554,7 +554,7 @@ fn chunked_log_sum_exp_is_exact_on_known_weights() -> Result<()> {
                     .flat_map(|j| [1000.0 + (j as f64).ln(), -(j as f64)])
                     .collect();
                 next += n;
-                Tensor::from_vec(vals, (n, 2), &CPU)
+                Tensor::from_vec(vals, (n, 2), &dev())
             },
         )?;
         let est = values(&est)?;
@@ -572,13 +572,13 @@ fn chunked_log_sum_exp_is_exact_on_known_weights() -> Result<()> {
     let bad = log_likelihood_with(
         &ImportanceSamplingConfig::new(4),
         &mut NoiseSource::new(0),
-        |n, _| Tensor::zeros((n + 1, 2), DType::F64, &CPU),
+        |n, _| Tensor::zeros((n + 1, 2), DType::F64, &dev()),
     );
     ensure!(bad.is_err(), "wrong number of weights accepted");
     Ok(())
 }
 
-#[test]
+device_test!(one_sample_iwae_bound_is_minus_the_monte_carlo_elbo);
 fn one_sample_iwae_bound_is_minus_the_monte_carlo_elbo() -> Result<()> {
     let model = Ppca::general();
     let vae = model.vae(FixedEncoder::imperfect(&model)?)?;
@@ -593,7 +593,7 @@ fn one_sample_iwae_bound_is_minus_the_monte_carlo_elbo() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(active_units_on_constructed_means);
 fn active_units_on_constructed_means() -> Result<()> {
     // Five latent dimensions with known population variances over 8 examples split into
     // two batches: ±0.2 → 0.04 (active); constant → 0; ±0.05 → 0.0025; ±0.15 → 0.0225

@@ -7,7 +7,7 @@ mod common;
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor, Var};
 use candle_vae::{GaussianMean, Likelihood, ParamStore, StandardLikelihood};
-use common::{CPU, assert_all_close, assert_close, tensor, tensor_f32, values};
+use common::{assert_all_close, assert_close, dev, tensor, tensor_f32, values};
 
 /// f64 through a handful of operations on values ≤ 100: rounding stays below 1e-13.
 const F64_TOL: f64 = 1e-12;
@@ -78,7 +78,7 @@ fn f32_tol(v: f64) -> f64 {
     16.0 * f64::from(f32::EPSILON) * v.abs().max(1.0)
 }
 
-#[test]
+device_test!(bernoulli_is_finite_and_correct_at_extreme_logits);
 fn bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     let (x, l) = extreme_grid();
     for dtype in [DType::F32, DType::F64] {
@@ -120,7 +120,7 @@ fn bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(continuous_bernoulli_is_finite_and_correct_at_extreme_logits);
 fn continuous_bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> {
     let (x, l) = extreme_grid();
     for dtype in [DType::F32, DType::F64] {
@@ -164,7 +164,7 @@ fn continuous_bernoulli_is_finite_and_correct_at_extreme_logits() -> Result<()> 
     Ok(())
 }
 
-#[test]
+device_test!(continuous_bernoulli_taylor_branch_meets_closed_form);
 fn continuous_bernoulli_taylor_branch_meets_closed_form() -> Result<()> {
     // |l| < 0.1 uses log C = log 2 + l²/12 − 7l⁴/1440; the first omitted term is
     // 31·l⁶/362880 < 1e-10 at |l| = 0.1, so 1e-9 in f64. Both sides of the switch, and
@@ -228,7 +228,7 @@ const INTEGRATION_LOGITS: [f64; 14] = [
 /// truncation adds < 10⁻¹⁰. So 1e-8.
 const INTEGRATION_TOL: f64 = 1e-8;
 
-#[test]
+device_test!(continuous_bernoulli_density_integrates_to_one);
 fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
     let (grid, weights) = simpson(20_000);
     for l in INTEGRATION_LOGITS {
@@ -260,7 +260,7 @@ fn continuous_bernoulli_density_integrates_to_one() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(continuous_bernoulli_mean_matches_numerical_integration);
 fn continuous_bernoulli_mean_matches_numerical_integration() -> Result<()> {
     let (grid, weights) = simpson(20_000);
     let lik = StandardLikelihood::ContinuousBernoulli;
@@ -302,7 +302,7 @@ fn continuous_bernoulli_mean_matches_numerical_integration() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(means_of_the_other_likelihoods);
 fn means_of_the_other_likelihoods() -> Result<()> {
     let l = [-100.0, -2.0, 0.0, 0.7, 100.0];
     let params = tensor(&l, &[1, 5])?;
@@ -345,7 +345,7 @@ fn normal_ref(x: f64, mu: f64, sigma: f64) -> f64 {
     -((x - mu) / sigma).powi(2) / 2.0 - sigma.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln()
 }
 
-#[test]
+device_test!(gaussian_fixed_std_matches_hand_computation);
 fn gaussian_fixed_std_matches_hand_computation() -> Result<()> {
     // One example of 4 elements, σ = 0.5.
     let x = [0.2, -1.0, 3.0, 0.0];
@@ -361,7 +361,7 @@ fn gaussian_fixed_std_matches_hand_computation() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(gaussian_per_element_matches_hand_computation);
 fn gaussian_per_element_matches_hand_computation() -> Result<()> {
     // Two examples of 3 elements; parameters (2, 6) = [μ raw | log σ²].
     let x = [0.1, 0.9, 0.5, 0.0, 1.0, 0.3];
@@ -396,10 +396,10 @@ fn gaussian_per_element_matches_hand_computation() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(gaussian_shared_variance_matches_hand_computation);
 fn gaussian_shared_variance_matches_hand_computation() -> Result<()> {
     let store = ParamStore::new(0);
-    let vb = store.var_builder(DType::F64, &CPU);
+    let vb = store.var_builder(DType::F64, &dev());
     let lik = StandardLikelihood::gaussian_shared(GaussianMean::Identity, 0.3, vb.pp("lik"))?;
     // The shared log σ² is a trainable parameter named lik.log_var, initialised to 0.3.
     let vars = store.named_vars()?;
@@ -422,7 +422,7 @@ fn gaussian_shared_variance_matches_hand_computation() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(log_prob_sums_over_elements_and_keeps_sample_axis);
 fn log_prob_sums_over_elements_and_keeps_sample_axis() -> Result<()> {
     // x (N=2, C=1, 2, 2) and params (K=3, N=2, 1, 2, 2) → (K, N).
     let x: Vec<f64> = (0..8).map(|i| (i % 3) as f64 / 2.0).collect();
@@ -460,10 +460,10 @@ fn log_prob_sums_over_elements_and_keeps_sample_axis() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(log_prob_rejects_mismatched_parameters);
 fn log_prob_rejects_mismatched_parameters() -> Result<()> {
-    let xs = Tensor::zeros((2, 5), DType::F32, &CPU)?;
-    let ps = Tensor::zeros((2, 4), DType::F32, &CPU)?;
+    let xs = Tensor::zeros((2, 5), DType::F32, &dev())?;
+    let ps = Tensor::zeros((2, 4), DType::F32, &dev())?;
     let err = StandardLikelihood::Bernoulli
         .log_prob(&xs, &ps)
         .err()
@@ -476,11 +476,11 @@ fn log_prob_rejects_mismatched_parameters() -> Result<()> {
     // A per-element Gaussian needs twice the channels.
     let lik = StandardLikelihood::gaussian_per_element(GaussianMean::Identity);
     ensure!(
-        lik.log_prob(&xs, &Tensor::zeros((2, 5), DType::F32, &CPU)?)
+        lik.log_prob(&xs, &Tensor::zeros((2, 5), DType::F32, &dev())?)
             .is_err()
     );
     ensure!(
-        lik.log_prob(&xs, &Tensor::zeros((2, 10), DType::F32, &CPU)?)
+        lik.log_prob(&xs, &Tensor::zeros((2, 10), DType::F32, &dev())?)
             .is_ok()
     );
     Ok(())
@@ -495,7 +495,7 @@ fn cb_log_norm_grad(l: f64) -> f64 {
     }
 }
 
-#[test]
+device_test!(gradients_match_closed_forms_and_are_finite_at_extremes);
 fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
     let logits = [
         -100.0, -20.0, -0.5, -0.05, -1e-4, 0.0, 0.03, 0.0999, 0.1, 2.0, 100.0,
@@ -507,7 +507,7 @@ fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
         ] {
             for dtype in [DType::F64, DType::F32] {
                 let l = Var::from_tensor(&tensor(&logits, &[1, logits.len()])?.to_dtype(dtype)?)?;
-                let xs = Tensor::full(xv, (1, logits.len()), &CPU)?.to_dtype(dtype)?;
+                let xs = Tensor::full(xv, (1, logits.len()), &dev())?.to_dtype(dtype)?;
                 let grads = lik.log_prob(&xs, l.as_tensor())?.sum_all()?.backward()?;
                 let g = grads
                     .get(l.as_tensor())
@@ -534,7 +534,7 @@ fn gradients_match_closed_forms_and_are_finite_at_extremes() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(data_of_rank_below_two_is_named_as_such);
 fn data_of_rank_below_two_is_named_as_such() -> Result<()> {
     // A rank-1 batch used to be reported as "expected … shape [3] … found shape [3]".
     let x = tensor(&[0.0, 1.0, 1.0], &[3])?;

@@ -12,7 +12,7 @@ use candle_vae::{
     ParamStore, Reduction, Reparameterize, StandardLikelihood, StandardNormal, Vae, VaeOutput,
 };
 use common::{
-    CPU, LN_2PI, assert_all_close, assert_close, assert_within_se, mean_and_se, scalar, tensor,
+    LN_2PI, assert_all_close, assert_close, assert_within_se, dev, mean_and_se, scalar, tensor,
     values,
 };
 
@@ -126,10 +126,10 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn zeros_z() -> Result<Tensor> {
-    Ok(Tensor::zeros((N, D), DType::F64, &CPU)?)
+    Ok(Tensor::zeros((N, D), DType::F64, &dev())?)
 }
 
-#[test]
+device_test!(parts_match_hand_computation);
 fn parts_match_hand_computation() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
@@ -163,7 +163,7 @@ fn parts_match_hand_computation() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(beta_scales_only_the_kl_term);
 fn beta_scales_only_the_kl_term() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
@@ -189,7 +189,7 @@ fn beta_scales_only_the_kl_term() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(reductions_sum_and_batch_mean);
 fn reductions_sum_and_batch_mean() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
@@ -245,7 +245,7 @@ fn reductions_sum_and_batch_mean() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(free_bits_clamp_each_dimensions_batch_mean_kl);
 fn free_bits_clamp_each_dimensions_batch_mean_kl() -> Result<()> {
     let c = case();
     let kl_d = c.kl_per_dim();
@@ -323,7 +323,7 @@ fn free_bits_clamp_each_dimensions_batch_mean_kl() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(linear_warm_up_weights_the_kl_by_min_1_t_over_w);
 fn linear_warm_up_weights_the_kl_by_min_1_t_over_w() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
@@ -367,7 +367,7 @@ fn linear_warm_up_weights_the_kl_by_min_1_t_over_w() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(cyclical_schedule_rises_over_the_ramp_and_holds);
 fn cyclical_schedule_rises_over_the_ramp_and_holds() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
@@ -402,7 +402,7 @@ fn cyclical_schedule_rises_over_the_ramp_and_holds() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(warm_up_combines_with_free_bits);
 fn warm_up_combines_with_free_bits() -> Result<()> {
     let c = case();
     let out = c.output(c.posterior()?, zeros_z()?)?;
@@ -436,7 +436,7 @@ fn log_ratio(c: &Case, n: usize, z: &[f64]) -> f64 {
         .sum()
 }
 
-#[test]
+device_test!(monte_carlo_kl_with_one_sample_is_the_log_ratio);
 fn monte_carlo_kl_with_one_sample_is_the_log_ratio() -> Result<()> {
     let c = case();
     let z: Vec<f64> = (0..N * D).map(|i| (i as f64 * 1.3).sin() * 1.5).collect();
@@ -458,7 +458,7 @@ fn monte_carlo_kl_with_one_sample_is_the_log_ratio() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(monte_carlo_kl_agrees_with_analytic_kl_in_expectation);
 fn monte_carlo_kl_agrees_with_analytic_kl_in_expectation() -> Result<()> {
     const K: usize = 100_000;
     let c = case();
@@ -524,7 +524,7 @@ fn monte_carlo_kl_agrees_with_analytic_kl_in_expectation() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(multi_sample_reconstruction_is_the_mean_over_samples);
 fn multi_sample_reconstruction_is_the_mean_over_samples() -> Result<()> {
     let c = case();
     let second: Vec<f64> = c.logits.iter().map(|l| -0.5 * l + 0.3).collect();
@@ -532,8 +532,8 @@ fn multi_sample_reconstruction_is_the_mean_over_samples() -> Result<()> {
     both.extend_from_slice(&second);
     let out = VaeOutput {
         posterior: c.posterior()?,
-        eps: Tensor::zeros((2, N, D), DType::F64, &CPU)?,
-        z: Tensor::zeros((2, N, D), DType::F64, &CPU)?,
+        eps: Tensor::zeros((2, N, D), DType::F64, &dev())?,
+        z: Tensor::zeros((2, N, D), DType::F64, &dev())?,
         params: tensor(&both, &[2, N, P])?,
         likelihood: &StandardLikelihood::Bernoulli,
         prior: &c.prior,
@@ -553,7 +553,7 @@ fn small_vae(
     likelihood: StandardLikelihood,
     store: &ParamStore,
 ) -> Result<Vae<MlpEncoder, MlpDecoder>> {
-    let vb = store.var_builder(DType::F64, &CPU);
+    let vb = store.var_builder(DType::F64, &dev());
     let enc = MlpEncoder::new(
         &MlpEncoderConfig::new(P, &[4], 2).with_activation(Activation::Tanh),
         vb.pp("enc"),
@@ -567,7 +567,7 @@ fn small_vae(
     Ok(Vae::new(enc, dec, likelihood)?)
 }
 
-#[test]
+device_test!(elbo_gradient_matches_finite_differences);
 fn elbo_gradient_matches_finite_differences() -> Result<()> {
     let c = case();
     let xs = c.xs()?;
@@ -629,13 +629,13 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
                 let h = 1e-5;
                 let mut plus = original.clone();
                 plus[i] += h;
-                var.set(&Tensor::from_vec(plus, var.shape(), &CPU)?)?;
+                var.set(&Tensor::from_vec(plus, var.shape(), &dev())?)?;
                 let f_plus = eval()?;
                 let mut minus = original.clone();
                 minus[i] -= h;
-                var.set(&Tensor::from_vec(minus, var.shape(), &CPU)?)?;
+                var.set(&Tensor::from_vec(minus, var.shape(), &dev())?)?;
                 let f_minus = eval()?;
-                var.set(&Tensor::from_vec(original.clone(), var.shape(), &CPU)?)?;
+                var.set(&Tensor::from_vec(original.clone(), var.shape(), &dev())?)?;
                 let fd = (f_plus - f_minus) / (2.0 * h);
                 assert_close(
                     &format!("case {case_index}: ∂loss/∂{name}[{i}]"),
@@ -651,7 +651,7 @@ fn elbo_gradient_matches_finite_differences() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(mlp_vae_on_image_shaped_data_scores_like_flat_data);
 fn mlp_vae_on_image_shaped_data_scores_like_flat_data() -> Result<()> {
     // An MLP VAE takes (N, 1, 4, 5) images as 20-wide rows; with two parameters per pixel
     // the decoder's first 20 outputs are the means and the next 20 the log-variances, in
@@ -666,9 +666,9 @@ fn mlp_vae_on_image_shaped_data_scores_like_flat_data() -> Result<()> {
         StandardLikelihood::gaussian_per_element(GaussianMean::Sigmoid),
         DType::F32,
     )?;
-    let flat = NoiseSource::new(1).uniform((3, 20), DType::F32, &CPU)?;
+    let flat = NoiseSource::new(1).uniform((3, 20), DType::F32, &dev())?;
     let image = flat.reshape((3, 1, 4, 5))?;
-    let eps = NoiseSource::new(2).standard_normal((3, 2), DType::F32, &CPU)?;
+    let eps = NoiseSource::new(2).standard_normal((3, 2), DType::F32, &dev())?;
     let loss = ElboLoss::new(ElboLossConfig::default())?;
     let a = loss.forward(&vae.forward_with_noise_t(&flat, &eps, true)?, &flat)?;
     let out = vae.forward_with_noise_t(&image, &eps, true)?;
@@ -680,20 +680,20 @@ fn mlp_vae_on_image_shaped_data_scores_like_flat_data() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(an_empty_batch_is_an_error_not_nan);
 fn an_empty_batch_is_an_error_not_nan() -> Result<()> {
     let prior = StandardNormal::new(D)?;
-    let empty = Tensor::zeros((0, D), DType::F64, &CPU)?;
+    let empty = Tensor::zeros((0, D), DType::F64, &dev())?;
     let posterior = DiagonalGaussian::new(empty.clone(), empty.clone())?;
     let out = VaeOutput {
         posterior,
         eps: empty.clone(),
         z: empty,
-        params: Tensor::zeros((0, P), DType::F64, &CPU)?,
+        params: Tensor::zeros((0, P), DType::F64, &dev())?,
         likelihood: &StandardLikelihood::Bernoulli,
         prior: &prior,
     };
-    let xs = Tensor::zeros((0, P), DType::F64, &CPU)?;
+    let xs = Tensor::zeros((0, P), DType::F64, &dev())?;
     for reduction in [Reduction::BatchMean, Reduction::Sum] {
         let err = ElboLoss::new(ElboLossConfig::default().with_reduction(reduction))?
             .forward(&out, &xs)

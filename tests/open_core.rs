@@ -22,7 +22,7 @@ use candle_vae::{
     ImportanceSamplingConfig, KlEstimator, Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder,
     MlpEncoderConfig, NoiseSource, ParamStore, Prior, Reparameterize, Vae, likelihood,
 };
-use common::{CPU, TempDir, assert_all_close, values};
+use common::{TempDir, assert_all_close, dev, values};
 
 // ---- A user's prior: p(z) = Π_d Laplace(z_d; 0, b) ----------------------------------
 
@@ -174,7 +174,7 @@ const LATENT: usize = 2;
 type UserVae = Vae<LogisticEncoder, MlpDecoder, LaplaceNoise, LaplacePrior>;
 
 fn user_vae(store: &ParamStore) -> Result<UserVae> {
-    let vb = store.var_builder(DType::F32, &CPU);
+    let vb = store.var_builder(DType::F32, &dev());
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(DATA, &[32], LATENT), vb.pp("enc"))?;
     let dec = MlpDecoder::new(&MlpDecoderConfig::new(LATENT, &[32], DATA), vb.pp("dec"))?;
     let vae = Vae::new(LogisticEncoder(enc), dec, LaplaceNoise { scale: 0.1 })?;
@@ -187,7 +187,7 @@ fn user_vae(store: &ParamStore) -> Result<UserVae> {
 /// 4×4 "images" in [0, 1]: two smooth bumps whose positions are the data's 2 factors.
 fn dataset(n: usize, seed: u64) -> Result<ImageDataset> {
     let mut noise = NoiseSource::new(seed);
-    let pos = values(&noise.uniform((n, 2), DType::F64, &CPU)?)?;
+    let pos = values(&noise.uniform((n, 2), DType::F64, &dev())?)?;
     let mut pixels = Vec::with_capacity(n * DATA);
     for i in 0..n {
         for p in 0..DATA {
@@ -199,11 +199,11 @@ fn dataset(n: usize, seed: u64) -> Result<ImageDataset> {
     Ok(ImageDataset::new(pixels, 4, 4, None)?)
 }
 
-#[test]
+device_test!(user_parts_compose_and_their_log_weights_are_exact);
 fn user_parts_compose_and_their_log_weights_are_exact() -> Result<()> {
     let store = ParamStore::new(1);
     let vae = user_vae(&store)?;
-    let xs = NoiseSource::new(2).uniform((5, DATA), DType::F32, &CPU)?;
+    let xs = NoiseSource::new(2).uniform((5, DATA), DType::F32, &dev())?;
     let out = vae.forward_samples_t(&xs, 3, &mut NoiseSource::new(3), false)?;
     let log_w = values(&log_importance_weights(&out, &xs)?)?;
 
@@ -240,7 +240,7 @@ fn user_parts_compose_and_their_log_weights_are_exact() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(user_parts_train_evaluate_checkpoint_and_draw);
 fn user_parts_train_evaluate_checkpoint_and_draw() -> Result<()> {
     let store = ParamStore::new(4);
     let vae = user_vae(&store)?;
@@ -264,7 +264,7 @@ fn user_parts_train_evaluate_checkpoint_and_draw() -> Result<()> {
     let mut adam = Adam::from_store(&store, AdamConfig::new(3e-3))?;
     let objective = Objective::Elbo(loss);
     let mut state = TrainingState::new(7);
-    let before = evaluate(&vae, &test, &mut NoiseSource::new(8), &CPU, |_| {})?;
+    let before = evaluate(&vae, &test, &mut NoiseSource::new(8), &dev(), |_| {})?;
     for _ in 0..30 {
         train_epoch(
             &vae,
@@ -272,11 +272,11 @@ fn user_parts_train_evaluate_checkpoint_and_draw() -> Result<()> {
             &objective,
             &train,
             &mut state,
-            &CPU,
+            &dev(),
             |_, _| {},
         )?;
     }
-    let after = evaluate(&vae, &test, &mut NoiseSource::new(8), &CPU, |_| {})?;
+    let after = evaluate(&vae, &test, &mut NoiseSource::new(8), &dev(), |_| {})?;
     ensure!(
         after.neg_elbo < before.neg_elbo - 50.0,
         "training barely moved the user's model: −ELBO {:.1} → {:.1}",
@@ -286,7 +286,7 @@ fn user_parts_train_evaluate_checkpoint_and_draw() -> Result<()> {
 
     // Estimators: −ELBO ≥ −L_100 ≥ −log p̂(x) on average over the test set.
     let xs = test
-        .epoch(&mut NoiseSource::new(9), &CPU)
+        .epoch(&mut NoiseSource::new(9), &dev())
         .next()
         .ok_or_else(|| anyhow::anyhow!("no batch"))??
         .images;
@@ -313,15 +313,15 @@ fn user_parts_train_evaluate_checkpoint_and_draw() -> Result<()> {
     Checkpoint::from_params(&store)?.save(&path)?;
     let fresh_store = ParamStore::new(99);
     let fresh = user_vae(&fresh_store)?;
-    Checkpoint::load(&path, &CPU)?.restore(&fresh_store)?;
-    let again = evaluate(&fresh, &test, &mut NoiseSource::new(8), &CPU, |_| {})?;
+    Checkpoint::load(&path, &dev())?.restore(&fresh_store)?;
+    let again = evaluate(&fresh, &test, &mut NoiseSource::new(8), &dev(), |_| {})?;
     ensure!(
         again == after,
         "restored model evaluates differently: {again:?} vs {after:?}"
     );
 
     // Pictures: prior samples through the user's prior and likelihood, as a grid.
-    let samples = fresh.sample(8, DType::F32, &CPU, &mut NoiseSource::new(12))?;
+    let samples = fresh.sample(8, DType::F32, &dev(), &mut NoiseSource::new(12))?;
     let grid = image_grid(
         &samples.clamp(0.0, 1.0)?,
         ImageShape::new(1, 4, 4),
@@ -329,11 +329,12 @@ fn user_parts_train_evaluate_checkpoint_and_draw() -> Result<()> {
     )?;
     ensure!(grid.width() > 0 && grid.height() > 0, "empty grid");
     let drawn = fresh.likelihood().sample(
-        &fresh.decode(
-            &fresh
-                .prior()
-                .sample(4, DType::F32, &CPU, &mut NoiseSource::new(13))?,
-        )?,
+        &fresh.decode(&fresh.prior().sample(
+            4,
+            DType::F32,
+            &dev(),
+            &mut NoiseSource::new(13),
+        )?)?,
         1,
         &mut NoiseSource::new(14),
     )?;

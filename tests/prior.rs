@@ -13,7 +13,7 @@ use candle_vae::{
     MlpEncoderConfig, NoiseSource, ParamStore, PlanarFlow, PlanarFlowConfig, Prior, Reparameterize,
     StandardLikelihood, StandardNormal, Vae, VampPrior, VampPriorConfig,
 };
-use common::{CPU, LN_2PI, assert_all_close, assert_close, mean_and_se, tensor, values};
+use common::{LN_2PI, assert_all_close, assert_close, dev, mean_and_se, tensor, values};
 
 /// log N(z; m, diag v) for one point, written out.
 fn gaussian_log_density(z: &[f64], m: &[f64], log_var: &[f64]) -> f64 {
@@ -91,7 +91,7 @@ fn points() -> Result<Tensor> {
     tensor(&flat, &[POINTS.len(), D])
 }
 
-#[test]
+device_test!(mixture_log_prob_is_the_log_sum_exp_of_its_components);
 fn mixture_log_prob_is_the_log_sum_exp_of_its_components() -> Result<()> {
     let m = mixture();
     let prior = m.prior()?;
@@ -119,7 +119,7 @@ fn mixture_log_prob_is_the_log_sum_exp_of_its_components() -> Result<()> {
 fn linear_encoder(store: &ParamStore) -> Result<MlpEncoder> {
     Ok(MlpEncoder::new(
         &MlpEncoderConfig::new(4, &[], D),
-        store.var_builder(DType::F64, &CPU).pp("enc"),
+        store.var_builder(DType::F64, &dev()).pp("enc"),
     )?)
 }
 
@@ -129,7 +129,7 @@ const PSEUDO: [f64; 12] = [
     1.0, 0.4, 0.6, 0.9,
 ];
 
-#[test]
+device_test!(vamp_prior_log_prob_is_the_mean_of_the_encoder_posteriors);
 fn vamp_prior_log_prob_is_the_mean_of_the_encoder_posteriors() -> Result<()> {
     let store = ParamStore::new(3);
     let encoder = linear_encoder(&store)?;
@@ -162,7 +162,7 @@ fn vamp_prior_log_prob_is_the_mean_of_the_encoder_posteriors() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(vamp_prior_with_one_pseudo_input_is_the_posterior_there);
 fn vamp_prior_with_one_pseudo_input_is_the_posterior_there() -> Result<()> {
     let store = ParamStore::new(4);
     let encoder = linear_encoder(&store)?;
@@ -217,7 +217,7 @@ impl Encoder for OpaqueEncoder {
     }
 }
 
-#[test]
+device_test!(vamp_prior_of_any_family_matches_the_gaussian_fast_path);
 fn vamp_prior_of_any_family_matches_the_gaussian_fast_path() -> Result<()> {
     let store = ParamStore::new(5);
     let u = tensor(&PSEUDO, &[3, 4])?;
@@ -278,19 +278,19 @@ fn check_mixture_moments(
     Ok(())
 }
 
-#[test]
+device_test!(mixture_samples_have_the_mixture_moments);
 fn mixture_samples_have_the_mixture_moments() -> Result<()> {
     let m = mixture();
     let samples =
         values(
             &m.prior()?
-                .sample(40_000, DType::F64, &CPU, &mut NoiseSource::new(11))?,
+                .sample(40_000, DType::F64, &dev(), &mut NoiseSource::new(11))?,
         )?;
     let vars: Vec<f64> = m.log_vars.iter().map(|v| v.exp()).collect();
     check_mixture_moments(&samples, &m.weights(), &m.means, &vars)
 }
 
-#[test]
+device_test!(vamp_samples_have_the_mixture_moments);
 fn vamp_samples_have_the_mixture_moments() -> Result<()> {
     let store = ParamStore::new(6);
     let encoder = linear_encoder(&store)?;
@@ -298,11 +298,11 @@ fn vamp_samples_have_the_mixture_moments() -> Result<()> {
     let q = encoder.encode(&u)?;
     let (means, vars) = (values(q.mean())?, values(&q.variance()?)?);
     let prior = VampPrior::from_pseudo_inputs(encoder, u, None)?;
-    let samples = values(&prior.sample(40_000, DType::F64, &CPU, &mut NoiseSource::new(12))?)?;
+    let samples = values(&prior.sample(40_000, DType::F64, &dev(), &mut NoiseSource::new(12))?)?;
     check_mixture_moments(&samples, &[1.0 / 3.0; 3], &means, &vars)
 }
 
-#[test]
+device_test!(vamp_prior_clamps_and_learns_its_pseudo_inputs);
 fn vamp_prior_clamps_and_learns_its_pseudo_inputs() -> Result<()> {
     let store = ParamStore::new(7);
     let encoder = linear_encoder(&store)?;
@@ -310,7 +310,7 @@ fn vamp_prior_clamps_and_learns_its_pseudo_inputs() -> Result<()> {
     let prior = VampPrior::new(
         encoder,
         &config,
-        store.var_builder(DType::F64, &CPU).pp("prior"),
+        store.var_builder(DType::F64, &dev()).pp("prior"),
     )?;
     let u = values(&prior.pseudo_inputs()?)?;
     ensure!(
@@ -329,7 +329,7 @@ fn vamp_prior_clamps_and_learns_its_pseudo_inputs() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(gaussian_prior_closed_form_kl_matches_monte_carlo);
 fn gaussian_prior_closed_form_kl_matches_monte_carlo() -> Result<()> {
     let prior = GaussianPrior::new(tensor(&[0.5, -1.0], &[D])?, tensor(&[0.4, -0.6], &[D])?)?;
     let q = DiagonalGaussian::new(
@@ -357,8 +357,8 @@ fn gaussian_prior_closed_form_kl_matches_monte_carlo() -> Result<()> {
     }
     // The standard normal is the special case m = 0, s = 1.
     let standard = GaussianPrior::new(
-        Tensor::zeros(D, DType::F64, &CPU)?,
-        Tensor::zeros(D, DType::F64, &CPU)?,
+        Tensor::zeros(D, DType::F64, &dev())?,
+        Tensor::zeros(D, DType::F64, &dev())?,
     )?;
     let a = standard
         .analytic_kl_per_dim(&q)
@@ -377,18 +377,18 @@ fn gaussian_prior_closed_form_kl_matches_monte_carlo() -> Result<()> {
 
 /// A small MLP VAE on 4-wide data, in f64.
 fn small_vae(store: &ParamStore) -> Result<Vae<MlpEncoder, MlpDecoder>> {
-    let vb = store.var_builder(DType::F64, &CPU);
+    let vb = store.var_builder(DType::F64, &dev());
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(4, &[6], D), vb.pp("enc"))?;
     let dec = MlpDecoder::new(&MlpDecoderConfig::new(D, &[6], 4), vb.pp("dec"))?;
     Ok(Vae::new(enc, dec, StandardLikelihood::Bernoulli)?)
 }
 
-#[test]
+device_test!(analytic_kl_without_a_closed_form_is_a_typed_error);
 fn analytic_kl_without_a_closed_form_is_a_typed_error() -> Result<()> {
     let store = ParamStore::new(8);
     let prior = MixturePrior::new(
         &MixturePriorConfig::new(4, D),
-        store.var_builder(DType::F64, &CPU).pp("prior"),
+        store.var_builder(DType::F64, &dev()).pp("prior"),
     )?;
     let vae = small_vae(&store)?.with_prior(prior)?;
     // At construction, through the model.
@@ -433,10 +433,10 @@ fn analytic_kl_without_a_closed_form_is_a_typed_error() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(bad_prior_configs_are_typed_errors);
 fn bad_prior_configs_are_typed_errors() -> Result<()> {
     let store = ParamStore::new(9);
-    let vb = store.var_builder(DType::F64, &CPU);
+    let vb = store.var_builder(DType::F64, &dev());
     for (what, result) in [
         (
             "mixture K = 0",
@@ -504,7 +504,7 @@ fn bad_prior_configs_are_typed_errors() -> Result<()> {
 fn bent_flow(store: &ParamStore) -> Result<PlanarFlow> {
     let flow = PlanarFlow::new(
         &PlanarFlowConfig::new(3, 2),
-        store.var_builder(DType::F64, &CPU).pp("flow"),
+        store.var_builder(DType::F64, &dev()).pp("flow"),
     )?;
     for (name, var) in store.named_vars()? {
         match name.as_str() {
@@ -526,13 +526,13 @@ fn det3(m: &[[f64; 3]; 3]) -> f64 {
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
 }
 
-#[test]
+device_test!(planar_log_det_matches_a_finite_difference_jacobian);
 fn planar_log_det_matches_a_finite_difference_jacobian() -> Result<()> {
     let store = ParamStore::new(10);
     let flow = bent_flow(&store)?;
     let base = DiagonalGaussian::new(
-        Tensor::zeros((1, 3), DType::F64, &CPU)?,
-        Tensor::zeros((1, 3), DType::F64, &CPU)?,
+        Tensor::zeros((1, 3), DType::F64, &dev())?,
+        Tensor::zeros((1, 3), DType::F64, &dev())?,
     )?;
     let q = flow.posterior(base)?;
     let h = 1e-6;
@@ -566,12 +566,12 @@ fn planar_log_det_matches_a_finite_difference_jacobian() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(planar_flow_stays_invertible_when_u_points_against_w);
 fn planar_flow_stays_invertible_when_u_points_against_w() -> Result<()> {
     let store = ParamStore::new(11);
     let flow = PlanarFlow::new(
         &PlanarFlowConfig::new(3, 1),
-        store.var_builder(DType::F64, &CPU).pp("flow"),
+        store.var_builder(DType::F64, &dev()).pp("flow"),
     )?;
     for (name, var) in store.named_vars()? {
         match name.as_str() {
@@ -582,12 +582,12 @@ fn planar_flow_stays_invertible_when_u_points_against_w() -> Result<()> {
         }
     }
     let base = DiagonalGaussian::new(
-        Tensor::zeros((64, 3), DType::F64, &CPU)?,
-        Tensor::zeros((64, 3), DType::F64, &CPU)?,
+        Tensor::zeros((64, 3), DType::F64, &dev())?,
+        Tensor::zeros((64, 3), DType::F64, &dev())?,
     )?;
     let q = flow.posterior(base)?;
     let z0 = NoiseSource::new(3)
-        .standard_normal((64, 3), DType::F64, &CPU)?
+        .standard_normal((64, 3), DType::F64, &dev())?
         .affine(3.0, 0.0)?;
     let log_det = values(&q.forward_with_log_det(&z0)?.1)?;
     ensure!(
@@ -602,10 +602,10 @@ fn planar_flow_stays_invertible_when_u_points_against_w() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(planar_flow_at_initialisation_is_the_diagonal_posterior);
 fn planar_flow_at_initialisation_is_the_diagonal_posterior() -> Result<()> {
     let store = ParamStore::new(12);
-    let vb = store.var_builder(DType::F64, &CPU);
+    let vb = store.var_builder(DType::F64, &dev());
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(4, &[5], 3), vb.pp("enc"))?;
     let flow = PlanarFlow::new(&PlanarFlowConfig::new(3, 4), vb.pp("flow"))?;
     let flow_enc = FlowEncoder::new(enc.clone(), flow);
@@ -614,7 +614,7 @@ fn planar_flow_at_initialisation_is_the_diagonal_posterior() -> Result<()> {
         enc.encode(&xs)?,
         candle_vae::EncoderT::encode_t(&flow_enc, &xs, false)?,
     );
-    let eps = NoiseSource::new(2).standard_normal((7, 3, 3), DType::F64, &CPU)?;
+    let eps = NoiseSource::new(2).standard_normal((7, 3, 3), DType::F64, &dev())?;
     let (z_base, z_flow) = (base.rsample_with(&eps)?, q.rsample_with(&eps)?);
     ensure!(
         values(&z_base)? == values(&z_flow)?,

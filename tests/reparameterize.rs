@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor, Var};
 use candle_vae::{DiagonalGaussian, NoiseSource, NoiseState, Reparameterize};
 use common::{
-    CPU, assert_all_close, assert_bit_identical, assert_close, assert_within_se, mean_and_se,
+    assert_all_close, assert_bit_identical, assert_close, assert_within_se, dev, mean_and_se,
     tensor, values,
 };
 
@@ -23,7 +23,7 @@ const SE_MULTIPLE: f64 = 4.0;
 const MU: [f64; 3] = [0.5, -1.0, 2.0];
 const LOG_VAR: [f64; 3] = [0.0, -1.0, 0.8];
 
-#[test]
+device_test!(monte_carlo_gradients_of_sum_of_squares_match_closed_form);
 fn monte_carlo_gradients_of_sum_of_squares_match_closed_form() -> Result<()> {
     // E_q[Σ z²] = Σ μ² + σ², so ∂/∂μ = 2μ and ∂/∂log σ² = σ².
     let mu = Var::from_tensor(&tensor(&MU, &[1, 3])?)?;
@@ -84,7 +84,7 @@ fn monte_carlo_gradients_of_sum_of_squares_match_closed_form() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(samples_have_the_distributions_moments);
 fn samples_have_the_distributions_moments() -> Result<()> {
     let q = DiagonalGaussian::new(tensor(&MU, &[1, 3])?, tensor(&LOG_VAR, &[1, 3])?)?;
     let z = q.rsample_n(SAMPLES, &mut NoiseSource::new(5))?;
@@ -115,7 +115,7 @@ fn posterior(dtype: DType) -> Result<DiagonalGaussian> {
     )?)
 }
 
-#[test]
+device_test!(same_seed_gives_bit_identical_samples);
 fn same_seed_gives_bit_identical_samples() -> Result<()> {
     for dtype in [DType::F32, DType::F64] {
         let q = posterior(dtype)?;
@@ -142,10 +142,10 @@ fn same_seed_gives_bit_identical_samples() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(rsample_is_mean_plus_std_times_the_sources_noise);
 fn rsample_is_mean_plus_std_times_the_sources_noise() -> Result<()> {
     let q = posterior(DType::F64)?;
-    let eps = NoiseSource::new(7).standard_normal((4, 3), DType::F64, &CPU)?;
+    let eps = NoiseSource::new(7).standard_normal((4, 3), DType::F64, &dev())?;
     // rsample draws exactly the ε the source would give, and applies rsample_with.
     assert_bit_identical(
         "rsample vs rsample_with",
@@ -158,7 +158,7 @@ fn rsample_is_mean_plus_std_times_the_sources_noise() -> Result<()> {
     let want: Vec<f64> = (0..12).map(|i| m[i] + (0.5 * lv[i]).exp() * e[i]).collect();
     assert_all_close("μ + σε", &values(&q.rsample_with(&eps)?)?, &want, 1e-14)?;
     // With K samples, ε (K, N, D) broadcasts against (N, D).
-    let eps_k = NoiseSource::new(8).standard_normal((2, 4, 3), DType::F64, &CPU)?;
+    let eps_k = NoiseSource::new(8).standard_normal((2, 4, 3), DType::F64, &dev())?;
     let zk = q.rsample_with(&eps_k)?;
     assert_eq!(zk.dims(), &[2, 4, 3]);
     let ek = values(&eps_k)?;
@@ -167,7 +167,7 @@ fn rsample_is_mean_plus_std_times_the_sources_noise() -> Result<()> {
         .collect();
     assert_all_close("μ + σε (K, N, D)", &values(&zk)?, &want, 1e-14)?;
     // rsample_n(k) uses a (k, N, D) draw.
-    let eps_n = NoiseSource::new(9).standard_normal((6, 4, 3), DType::F64, &CPU)?;
+    let eps_n = NoiseSource::new(9).standard_normal((6, 4, 3), DType::F64, &dev())?;
     assert_bit_identical(
         "rsample_n",
         &q.rsample_n(6, &mut NoiseSource::new(9))?,
@@ -176,7 +176,7 @@ fn rsample_is_mean_plus_std_times_the_sources_noise() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(rsample_with_passes_gradients_to_mean_and_log_variance_only);
 fn rsample_with_passes_gradients_to_mean_and_log_variance_only() -> Result<()> {
     let mu = Var::from_tensor(&tensor(&MU, &[1, 3])?)?;
     let log_var = Var::from_tensor(&tensor(&LOG_VAR, &[1, 3])?)?;
@@ -213,7 +213,7 @@ fn rsample_with_passes_gradients_to_mean_and_log_variance_only() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(rsample_n_shapes_and_errors);
 fn rsample_n_shapes_and_errors() -> Result<()> {
     let q = posterior(DType::F32)?;
     let mut noise = NoiseSource::new(1);
@@ -227,7 +227,7 @@ fn rsample_n_shapes_and_errors() -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("k = 0 accepted"))?;
     ensure!(err.to_string().contains('k'), "message: {err}");
     // ε of the wrong shape is an error naming both shapes.
-    let bad = Tensor::zeros((4, 2), DType::F32, &CPU)?;
+    let bad = Tensor::zeros((4, 2), DType::F32, &dev())?;
     let err = q
         .rsample_with(&bad)
         .err()
@@ -240,13 +240,13 @@ fn rsample_n_shapes_and_errors() -> Result<()> {
     Ok(())
 }
 
-#[test]
+device_test!(noise_state_round_trip_continues_the_same_stream);
 fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
     let mut noise = NoiseSource::new(31);
-    noise.standard_normal(1001, DType::F32, &CPU)?; // an odd number of words consumed
+    noise.standard_normal(1001, DType::F32, &dev())?; // an odd number of words consumed
     let state = noise.state();
-    let expected = noise.standard_normal((3, 5), DType::F64, &CPU)?;
-    let expected_u = noise.uniform(7, DType::F32, &CPU)?;
+    let expected = noise.standard_normal((3, 5), DType::F64, &dev())?;
+    let expected_u = noise.uniform(7, DType::F32, &dev())?;
 
     // Through JSON, as a checkpoint stores it.
     let json = serde_json::to_string(&state)?;
@@ -255,12 +255,12 @@ fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
     let mut resumed = NoiseSource::from_state(restored);
     assert_bit_identical(
         "resumed normal",
-        &resumed.standard_normal((3, 5), DType::F64, &CPU)?,
+        &resumed.standard_normal((3, 5), DType::F64, &dev())?,
         &expected,
     )?;
     assert_bit_identical(
         "resumed uniform",
-        &resumed.uniform(7, DType::F32, &CPU)?,
+        &resumed.uniform(7, DType::F32, &dev())?,
         &expected_u,
     )?;
 
@@ -268,18 +268,18 @@ fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
     let parent = NoiseSource::new(31);
     let mut s1 = parent.substream(1);
     let mut s2 = parent.substream(2);
-    let a = s1.standard_normal(8, DType::F64, &CPU)?;
-    let b = s2.standard_normal(8, DType::F64, &CPU)?;
-    let c = NoiseSource::new(31).standard_normal(8, DType::F64, &CPU)?;
+    let a = s1.standard_normal(8, DType::F64, &dev())?;
+    let b = s2.standard_normal(8, DType::F64, &dev())?;
+    let c = NoiseSource::new(31).standard_normal(8, DType::F64, &dev())?;
     ensure!(
         values(&a)? != values(&b)? && values(&a)? != values(&c)?,
         "substreams coincide"
     );
     let mid = s1.state();
-    let next = s1.standard_normal(8, DType::F64, &CPU)?;
+    let next = s1.standard_normal(8, DType::F64, &dev())?;
     assert_bit_identical(
         "resumed substream",
-        &NoiseSource::from_state(mid).standard_normal(8, DType::F64, &CPU)?,
+        &NoiseSource::from_state(mid).standard_normal(8, DType::F64, &dev())?,
         &next,
     )?;
     // The same substream of the same seed is the same stream.
@@ -287,15 +287,15 @@ fn noise_state_round_trip_continues_the_same_stream() -> Result<()> {
         "substream(1) twice",
         &NoiseSource::new(31)
             .substream(1)
-            .standard_normal(8, DType::F64, &CPU)?,
+            .standard_normal(8, DType::F64, &dev())?,
         &a,
     )?;
     Ok(())
 }
 
-#[test]
+device_test!(uniform_draws_are_in_unit_interval_with_right_moments);
 fn uniform_draws_are_in_unit_interval_with_right_moments() -> Result<()> {
-    let u = values(&NoiseSource::new(4).uniform(SAMPLES, DType::F64, &CPU)?)?;
+    let u = values(&NoiseSource::new(4).uniform(SAMPLES, DType::F64, &dev())?)?;
     ensure!(
         u.iter().all(|&v| (0.0..1.0).contains(&v)),
         "uniform draw outside [0, 1)"

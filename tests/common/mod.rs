@@ -10,8 +10,54 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, ensure};
 use candle_core::{DType, Device, Tensor};
 
-/// The device every test runs on.
+/// The CPU, for the tests that are about the CPU (fused kernels, threads, data files).
 pub const CPU: Device = Device::Cpu;
+
+thread_local! {
+    /// The device of the test running on this thread (each test has its own thread).
+    static DEVICE: std::cell::RefCell<Device> = const { std::cell::RefCell::new(Device::Cpu) };
+}
+
+/// The device the current test body runs on: the CPU, or the GPU of [`device_test!`]'s
+/// `cuda`/`metal` variant.
+pub fn dev() -> Device {
+    DEVICE.with(|d| d.borrow().clone())
+}
+
+/// Runs `body` with [`dev`] returning `device`.
+pub fn run_on(device: Device, body: fn() -> Result<()>) -> Result<()> {
+    DEVICE.with(|d| *d.borrow_mut() = device);
+    body()
+}
+
+/// candle's `test_device!` pattern: `device_test!(name)` beside `fn name() -> Result<()>`
+/// makes the tests `name::cpu`, and `name::cuda` / `name::metal` when the crate is built
+/// with that feature (then the device must be present: a build with `--features cuda`
+/// is a claim that a GPU is there, as in candle's own tests). The body reads its device
+/// from [`dev`], which every helper here uses.
+#[macro_export]
+macro_rules! device_test {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() -> anyhow::Result<()> {
+                $crate::common::run_on(candle_core::Device::Cpu, super::$name)
+            }
+
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() -> anyhow::Result<()> {
+                $crate::common::run_on(candle_core::Device::new_cuda(0)?, super::$name)
+            }
+
+            #[cfg(feature = "metal")]
+            #[test]
+            fn metal() -> anyhow::Result<()> {
+                $crate::common::run_on(candle_core::Device::new_metal(0)?, super::$name)
+            }
+        }
+    };
+}
 
 /// ln(2π).
 pub const LN_2PI: f64 = 1.837_877_066_409_345_3;
@@ -34,7 +80,7 @@ pub fn scalar(t: &Tensor) -> Result<f64> {
 
 /// An `f64` tensor of `shape` from `data`.
 pub fn tensor(data: &[f64], shape: &[usize]) -> Result<Tensor> {
-    Ok(Tensor::from_vec(data.to_vec(), shape, &CPU)?)
+    Ok(Tensor::from_vec(data.to_vec(), shape, &dev())?)
 }
 
 /// An `f32` tensor of `shape` from `data`.
@@ -265,7 +311,7 @@ pub fn mlp_vae(
     dtype: DType,
 ) -> Result<candle_vae::Vae<candle_vae::MlpEncoder, candle_vae::MlpDecoder>> {
     use candle_vae::{Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, Vae};
-    let vb = store.var_builder(dtype, &CPU);
+    let vb = store.var_builder(dtype, &dev());
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(input, hidden, latent), vb.pp("enc"))?;
     let dec = MlpDecoder::new(
         &MlpDecoderConfig::new(latent, hidden, input)
@@ -277,7 +323,8 @@ pub fn mlp_vae(
 
 /// `count` random binary vectors of width `dim` (each bit a fair coin), from `seed`.
 pub fn binary_prototypes(count: usize, dim: usize, seed: u64) -> Result<Vec<Vec<f64>>> {
-    let u = values(&candle_vae::NoiseSource::new(seed).uniform((count, dim), DType::F64, &CPU)?)?;
+    let u =
+        values(&candle_vae::NoiseSource::new(seed).uniform((count, dim), DType::F64, &dev())?)?;
     Ok(u.chunks(dim)
         .map(|row| {
             row.iter()
