@@ -29,7 +29,7 @@ use candle_vae::{
     VampPrior, VampPriorConfig,
 };
 use clap::{Parser, ValueEnum};
-use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session};
+use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, Session, download};
 use serde::{Deserialize, Serialize};
 
 /// Train a variational auto-encoder on MNIST (Kingma & Welling 2013), report its test
@@ -49,6 +49,9 @@ struct Cli {
 
     #[command(flatten)]
     model: ModelArgs,
+
+    #[command(flatten)]
+    fetch: download::FetchArgs,
 }
 
 /// The model and data flags; stored in the checkpoint so --resume can check them.
@@ -168,7 +171,14 @@ fn main() -> Result<()> {
     let model = cli.model.clone();
 
     let device = cli.run.device()?;
-    let dir = Mnist::locate(cli.run.data.as_deref())?;
+    // --data, $CANDLE_VAE_DATA/mnist, ./data/mnist, else the download cache (fetched
+    // there unless --offline).
+    let dir = download::locate_or_fetch(
+        cli.run.data.as_deref(),
+        &candle_vae::data::mnist::FILES,
+        &download::MNIST,
+        &cli.fetch,
+    )?;
     let mnist =
         Mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
     println!(
