@@ -174,6 +174,8 @@ fn config() -> FetchConfig {
         connect_timeout: Duration::from_secs(5),
         read_timeout: Duration::from_secs(10),
         verbose: true,
+        // The server is on 127.0.0.1: never through a proxy the environment may name.
+        env_proxy: false,
     }
 }
 
@@ -431,6 +433,40 @@ fn a_part_file_left_by_an_earlier_run_is_resumed_not_fetched_again() -> Result<(
     assert_eq!(std::fs::read(&path)?, body);
     assert_eq!(server.seen().len(), 1);
     assert_eq!(server.seen()[0].range_from, Some(123_456));
+    assert_eq!(files_in(dir.path())?, vec![SYNTHETIC.to_string()]);
+    Ok(())
+}
+
+#[test]
+fn a_complete_part_file_left_by_a_killed_run_is_checked_after_a_416_and_kept() -> Result<()> {
+    // A run killed between the fsync and the rename leaves the whole file as `.part`: the
+    // range request from its end gets 416, and the file is checked and renamed.
+    let (body, md5) = synthetic()?;
+    let server = synthetic_server(body.clone(), Behaviour::Normal)?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join(format!("{SYNTHETIC}.part")), &body)?;
+    let path = fetch_synthetic(&[server.base()], &md5, dir.path())?;
+    assert_eq!(std::fs::read(&path)?, body);
+    let ranges: Vec<_> = server.seen().into_iter().map(|s| s.range_from).collect();
+    assert_eq!(ranges, vec![Some(body.len() as u64)]);
+    assert_eq!(files_in(dir.path())?, vec![SYNTHETIC.to_string()]);
+    Ok(())
+}
+
+#[test]
+fn a_stale_part_file_of_other_bytes_fails_the_check_and_is_fetched_again_whole() -> Result<()> {
+    // A part file from another mirror or version: resumed, the whole fails the md5, so it
+    // is downloaded once more from the start (not reported as a bad mirror).
+    let (body, md5) = synthetic()?;
+    let server = synthetic_server(body.clone(), Behaviour::Normal)?;
+    let dir = tempfile::tempdir()?;
+    let mut stale = body[..100_000].to_vec();
+    stale[50_000] ^= 0xff;
+    std::fs::write(dir.path().join(format!("{SYNTHETIC}.part")), &stale)?;
+    let path = fetch_synthetic(&[server.base()], &md5, dir.path())?;
+    assert_eq!(std::fs::read(&path)?, body);
+    let ranges: Vec<_> = server.seen().into_iter().map(|s| s.range_from).collect();
+    assert_eq!(ranges, vec![Some(100_000), None]);
     assert_eq!(files_in(dir.path())?, vec![SYNTHETIC.to_string()]);
     Ok(())
 }

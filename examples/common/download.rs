@@ -181,6 +181,9 @@ pub struct FetchConfig {
     pub read_timeout: Duration,
     /// Whether to print what it is doing on stderr.
     pub verbose: bool,
+    /// Whether to go through the proxy named by `ALL_PROXY`/`HTTPS_PROXY`/`HTTP_PROXY`
+    /// (with `NO_PROXY`), as ureq does by default; off for a test's loopback server.
+    pub env_proxy: bool,
 }
 
 impl Default for FetchConfig {
@@ -191,6 +194,7 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(20),
             read_timeout: Duration::from_secs(60),
             verbose: true,
+            env_proxy: true,
         }
     }
 }
@@ -250,10 +254,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The agent used for every request: timeouts from `config`, statuses handled here, no
-/// transparent decompression (the `.gz` files are stored as served).
+/// The agent used for every request: timeouts and proxy from `config`, statuses handled
+/// here, no transparent decompression (the `.gz` files are stored as served).
 pub fn agent(config: &FetchConfig) -> ureq::Agent {
+    let proxy = if config.env_proxy {
+        ureq::Proxy::try_from_env()
+    } else {
+        None
+    };
     ureq::Agent::config_builder()
+        .proxy(proxy)
         .timeout_connect(Some(config.connect_timeout))
         .timeout_recv_response(Some(config.read_timeout))
         .timeout_per_read(Some(config.read_timeout))
