@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each example uses a different part
 
+pub mod download;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -30,7 +30,7 @@ use candle_vae::{
     VampPrior, VampPriorConfig,
 };
 use clap::{Parser, ValueEnum};
-use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs};
+use common::{ObjectiveArgs, OptimArgs, PICTURE_STREAM, RunArgs, download};
 use serde::{Deserialize, Serialize};
 
 /// Train a variational auto-encoder on MNIST (Kingma & Welling 2013), report its test
@@ -50,6 +50,9 @@ struct Cli {
 
     #[command(flatten)]
     model: ModelArgs,
+
+    #[command(flatten)]
+    fetch: download::FetchArgs,
 
     /// Evaluate a trained model instead of training: a checkpoint or model file of this
     /// example (its settings are read from the file), or any model-only safetensors file
@@ -239,7 +242,14 @@ fn main() -> Result<()> {
     };
 
     let device = cli.run.device()?;
-    let dir = Mnist::locate(cli.run.data.as_deref())?;
+    // --data, $CANDLE_VAE_DATA/mnist, ./data/mnist, else the download cache (fetched
+    // there unless --offline).
+    let dir = download::locate_or_fetch(
+        cli.run.data.as_deref(),
+        &candle_vae::data::mnist::FILES,
+        &download::MNIST,
+        &cli.fetch,
+    )?;
     let mnist =
         Mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
     println!(
