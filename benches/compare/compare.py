@@ -18,7 +18,10 @@ Usage (from the repository root):
 Options: --torch-python PATH (default $HOME/torch-venv/bin/python), --peer PATH
 (default ../shared/bench/peer_torch_vae.py beside the checkout), --threads 2 (both sides: torch.set_num_threads and
 RAYON_NUM_THREADS for candle), --candle-env 'K=V …'
-(extra environment for the candle runs only), --what train,nll, --no-build.
+(extra environment for the candle runs only), --what train,nll, --no-build,
+--device cuda (both sides on the GPU: the train peer is then peer_torch_extra.py's, since
+peer_torch_vae.py has no device flag), --binary PATH (a prebuilt compare_vae, e.g. the one
+.ci/gpu-bundle built with the cuda feature; implies --no-build).
 """
 import argparse
 import gzip
@@ -91,11 +94,13 @@ def main():
     ap.add_argument("--candle-env", default="", help="extra KEY=VALUE pairs for the candle runs")
     ap.add_argument("--candle-args", default="", help="extra flags for compare_vae (e.g. --plain)")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--binary", default="")
     args = ap.parse_args()
 
-    if not args.no_build:
+    if not args.no_build and not args.binary:
         subprocess.run(["cargo", "build", "--release", "--example", "compare_vae"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "examples", "compare_vae")
+    binary = args.binary or os.path.join(ROOT, "target", "release", "examples", "compare_vae")
     data = tempfile.mkdtemp(prefix="mnist-idx-")
     unpack_mnist(args.data, data)
     env = dict(os.environ)
@@ -105,11 +110,16 @@ def main():
     for pair in args.candle_env.split():
         key, value = pair.split("=", 1)
         env[key] = value
-    extra = args.candle_args.split()
-    torch_threads = ["--threads", str(args.threads)]
+    extra = args.candle_args.split() + ["--device", args.device]
+    torch_threads = ["--threads", str(args.threads), "--device", args.device]
+    extra_peer = os.path.join(HERE, "peer_torch_extra.py")
+    if args.device == "cpu":
+        train_peer = [args.torch_python, args.peer, "--data", data, "--epochs", "1", "--threads",
+                      str(args.threads)]
+    else:
+        train_peer = [args.torch_python, extra_peer, "train", "--data", data] + torch_threads
     workloads = {
-        "train": ([binary, "train", "--data", data],
-                  [args.torch_python, args.peer, "--data", data, "--epochs", "1"] + torch_threads),
+        "train": ([binary, "train", "--data", data], train_peer),
         "nll": ([binary, "nll", "--data", data],
                 [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "nll", "--data", data]
                 + torch_threads),
@@ -120,7 +130,7 @@ def main():
                    [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "conv", "--size", "64",
                     "--steps", "20"] + torch_threads),
     }
-    print(f"candle env: {args.candle_env or '(none)'}; candle args: {args.candle_args or '(none)'}; "
+    print(f"device {args.device}; candle env: {args.candle_env or '(none)'}; candle args: {args.candle_args or '(none)'}; "
           f"torch threads {args.threads}; runs {args.runs}; cores {os.cpu_count()}")
     summary = []
     for what in args.what.split(","):

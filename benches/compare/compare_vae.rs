@@ -11,7 +11,9 @@
 //! compare_vae steps [--batch-size 128] [--steps 200] [--plain]
 //! ```
 //! `DIR` holds the uncompressed MNIST IDX files (`compare.py` unpacks the `.gz` ones);
-//! `--plain` turns the fused kernels off; `--no-fused-conv` only the convolution kernels.
+//! `--plain` turns the fused kernels off; `--no-fused-conv` only the convolution kernels;
+//! `--device cuda` (or `metal`, built with that feature) runs on the GPU, where every step
+//! ends with the loss read back to the host, which waits for the device.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -79,6 +81,12 @@ impl Args {
         }
     }
 
+    fn device(&self) -> Result<Device> {
+        Ok(candle_vae::parse_device(
+            self.flags.get("device").map_or("cpu", String::as_str),
+        )?)
+    }
+
     fn data(&self) -> Result<std::path::PathBuf> {
         Ok(self
             .flags
@@ -88,8 +96,8 @@ impl Args {
     }
 }
 
-fn mnist_vae(params: &ParamStore) -> Result<Vae<MlpEncoder, MlpDecoder>> {
-    let vb = params.var_builder(DType::F32, &Device::Cpu);
+fn mnist_vae(params: &ParamStore, device: &Device) -> Result<Vae<MlpEncoder, MlpDecoder>> {
+    let vb = params.var_builder(DType::F32, device);
     let enc = MlpEncoder::new(&MlpEncoderConfig::new(784, &[400], 20), vb.pp("enc"))?;
     let dec = MlpDecoder::new(&MlpDecoderConfig::new(20, &[400], 784), vb.pp("dec"))?;
     Ok(Vae::new(enc, dec, StandardLikelihood::Bernoulli)?)
@@ -102,7 +110,8 @@ fn train(args: &Args) -> Result<String> {
     let epochs: usize = args.get("epochs", 1)?;
     let batch: usize = args.get("batch-size", 128)?;
     let params = ParamStore::new(args.get("seed", 1)?);
-    let vae = mnist_vae(&params)?;
+    let device = args.device()?;
+    let vae = mnist_vae(&params, &device)?;
     let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
     let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3))?;
     let mut noise = NoiseSource::new(2);
@@ -119,7 +128,7 @@ fn train(args: &Args) -> Result<String> {
             for &i in chunk {
                 rows.extend_from_slice(&images[i * 784..(i + 1) * 784]);
             }
-            let xs = Tensor::from_vec(rows, (chunk.len(), 784), &Device::Cpu)?;
+            let xs = Tensor::from_vec(rows, (chunk.len(), 784), &device)?;
             let out = vae.forward_t(&xs, &mut noise, true)?;
             let elbo = loss.forward(&out, &xs)?;
             opt.backward_step(&elbo.loss)?;
@@ -149,8 +158,9 @@ fn nll(args: &Args) -> Result<String> {
     let samples: usize = args.get("samples", 1000)?;
     let chunk: usize = args.get("chunk", 100)?;
     let params = ParamStore::new(1);
-    let vae = mnist_vae(&params)?;
-    let xs = Tensor::from_vec(images[..count * 784].to_vec(), (count, 784), &Device::Cpu)?;
+    let device = args.device()?;
+    let vae = mnist_vae(&params, &device)?;
+    let xs = Tensor::from_vec(images[..count * 784].to_vec(), (count, 784), &device)?;
     let config = ImportanceSamplingConfig::new(samples).with_chunk_size(chunk);
     let start = Instant::now();
     let log_px = log_likelihood(&vae, &xs, &config, &mut NoiseSource::new(9))?;
@@ -183,7 +193,8 @@ fn conv(args: &Args) -> Result<String> {
         (noise.flatten_all()?.to_vec1::<f32>()?, count)
     };
     let params = ParamStore::new(1);
-    let vb = params.var_builder(DType::F32, &Device::Cpu);
+    let device = args.device()?;
+    let vb = params.var_builder(DType::F32, &device);
     let enc = ConvEncoder::new(
         &ConvEncoderConfig::new(image, channels, latent),
         vb.pp("enc"),
@@ -205,7 +216,7 @@ fn conv(args: &Args) -> Result<String> {
         let xs = Tensor::from_vec(
             rows,
             (batch, image.channels, image.height, image.width),
-            &Device::Cpu,
+            &device,
         )?;
         let out = vae.forward_t(&xs, &mut noise, true)?;
         let elbo = loss.forward(&out, &xs)?;
@@ -226,12 +237,13 @@ fn steps(args: &Args) -> Result<String> {
     let batch: usize = args.get("batch-size", 128)?;
     let steps: usize = args.get("steps", 200)?;
     let params = ParamStore::new(1);
-    let vae = mnist_vae(&params)?;
+    let device = args.device()?;
+    let vae = mnist_vae(&params, &device)?;
     let loss = ElboLoss::new(ElboLossConfig::default().with_reduction(Reduction::Sum))?;
     let mut opt = Adam::from_store(&params, AdamConfig::new(1e-3))?;
     let mut noise = NoiseSource::new(2);
     let data: Vec<Tensor> = (0..8)
-        .map(|_| noise.uniform((batch, 784), DType::F32, &Device::Cpu))
+        .map(|_| noise.uniform((batch, 784), DType::F32, &device))
         .collect::<candle_core::Result<_>>()?;
     let mut times = Vec::with_capacity(steps);
     for step in 0..steps + 10 {

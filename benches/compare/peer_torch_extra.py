@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""PyTorch peers for the two workloads that ../shared/bench/peer_torch_vae.py does not time:
+"""PyTorch peers for the workloads that ../shared/bench/peer_torch_vae.py does not time:
+
+  train one epoch of the pytorch/examples VAE (shuffled batches of 128 moved to the
+        device one at a time, BCE with logits summed + analytic KL, Adam 1e-3), for
+        `--device cuda`: the CPU comparisons keep using peer_torch_vae.py;
 
   nll   importance-sampled log-likelihood (Burda et al. 2015) of the MNIST VAE,
         K samples per image in chunks, on the first N test images, under no_grad;
@@ -13,9 +17,11 @@ chunking, same batches. Freshly initialised models: the cost does not depend on 
 weights. Prints one JSON line.
 
 Usage:
+  peer_torch_extra.py train --data DIR [--device cuda]
   peer_torch_extra.py nll  --data DIR [--images 1000] [--samples 1000] [--chunk 100] [--threads 2]
   peer_torch_extra.py conv [--data DIR] --size 28|64 [--steps 40] [--batch-size B] [--threads 2]
-DIR holds MNIST IDX files (uncompressed or .gz).
+DIR holds MNIST IDX files (uncompressed or .gz). `--device cuda` runs on the GPU; every
+timed region ends with a value read back to the host (`.item()`), which waits for it.
 """
 import argparse
 import gzip
@@ -66,10 +72,36 @@ class MlpVae(nn.Module):
 LN_2PI = math.log(2 * math.pi)
 
 
+def train(args):
+    dev = torch.device(args.device)
+    x = read_idx_images(os.path.join(args.data, "train-images-idx3-ubyte"))
+    model = MlpVae().to(dev)
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    batch = args.batch_size or 128
+    t0 = time.perf_counter()
+    total = 0.0
+    for idx in torch.randperm(x.shape[0]).split(batch):
+        xs = x[idx].to(dev)
+        mu, logvar = model.encode(xs)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        rec = F.binary_cross_entropy_with_logits(model.decode(z), xs, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = rec + kld
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item()
+    seconds = time.perf_counter() - t0
+    return {"mode": "train", "device": args.device, "seconds": round(seconds, 3),
+            "images_per_sec": round(x.shape[0] / seconds, 1),
+            "train_loss_per_example": round(total / x.shape[0], 4)}
+
+
 @torch.no_grad()
 def nll(args):
-    x = read_idx_images(os.path.join(args.data, "t10k-images-idx3-ubyte"))[: args.images]
-    model = MlpVae().eval()
+    dev = torch.device(args.device)
+    x = read_idx_images(os.path.join(args.data, "t10k-images-idx3-ubyte"))[: args.images].to(dev)
+    model = MlpVae().eval().to(dev)
     t0 = time.perf_counter()
     mu, logvar = model.encode(x)
     std = torch.exp(0.5 * logvar)
@@ -78,7 +110,7 @@ def nll(args):
     done = 0
     while done < args.samples:
         k = min(args.chunk, args.samples - done)
-        eps = torch.randn(k, n, d)
+        eps = torch.randn(k, n, d, device=dev)
         z = mu + eps * std
         logits = model.decode(z.reshape(k * n, d)).reshape(k, n, 784)
         log_px = -F.binary_cross_entropy_with_logits(
@@ -138,7 +170,9 @@ def conv(args):
     else:
         raise SystemExit("--size must be 28 or 64")
     batch = args.batch_size or batch
-    model = ConvVae(channels, args.size, stages, latent)
+    dev = torch.device(args.device)
+    data = data.to(dev)
+    model = ConvVae(channels, args.size, stages, latent).to(dev)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     batches = data.shape[0] // batch
     t0 = time.perf_counter()
@@ -162,7 +196,8 @@ def conv(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["nll", "conv"])
+    ap.add_argument("mode", choices=["train", "nll", "conv"])
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default="")
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=1000)
@@ -176,7 +211,7 @@ def main():
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = nll(args) if args.mode == "nll" else conv(args)
+    out = {"train": train, "nll": nll, "conv": conv}[args.mode](args)
     out.update({"torch": torch.__version__, "threads": torch.get_num_threads()})
     print(json.dumps(out))
 
