@@ -1,7 +1,7 @@
 //! Glue shared by the examples (`#[path = "../common/mod.rs"] mod common;`): the
-//! command-line flags every training example takes, progress bars, the fixed-width epoch
-//! line, and the train / test / checkpoint / resume loop around the library's
-//! [`candle_vae::train`] functions.
+//! command-line flags every training example takes, progress (bars on a terminal, a line
+//! every 30 s elsewhere), the fixed-width epoch line, and the hooks through which the
+//! examples use the library's [`candle_vae::train::Trainer`], which runs the loop.
 
 #![allow(dead_code)] // each example uses a different part
 

@@ -178,7 +178,8 @@ impl TrainerConfig {
 /// Called by [`Trainer::fit`] as the run goes: progress bars, logging, pictures. Every
 /// method has an empty default, and `()` implements the trait for a silent run.
 pub trait TrainerHooks<M: ?Sized> {
-    /// The run continues from a checkpoint holding `state`.
+    /// [`Trainer::fit`] starts after epoch `state.epoch` > 0: a resumed run, or a second
+    /// `fit` with more epochs.
     fn on_resume(&mut self, state: &TrainingState) {
         let _ = state;
     }
