@@ -713,3 +713,52 @@ fn an_io_error_prints_its_cause_once() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_tensor_loader_batches_rows_with_their_labels_and_shuffles_by_the_seed() -> Result<()> {
+    use candle_vae::data::{BatchSource, TensorLoader};
+    let rows: Vec<f32> = (0..50 * 3).map(|v| v as f32).collect();
+    let data = candle_core::Tensor::from_vec(rows, (50, 3), &candle_core::Device::Cpu)?;
+    let labels = candle_core::Tensor::from_vec(
+        (0..50u32).map(|i| i * 7).collect::<Vec<_>>(),
+        50,
+        &candle_core::Device::Cpu,
+    )?;
+    let loader = TensorLoader::new(data, Some(labels), 16, Order::Shuffled)?;
+    anyhow::ensure!((loader.examples(), loader.batches()) == (50, 4));
+    let epoch = |seed| -> Result<Vec<usize>> {
+        let mut noise = NoiseSource::new(seed);
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        for batch in loader.epoch(&mut noise, &candle_core::Device::Cpu) {
+            let batch = batch?;
+            let x = batch.images.to_vec2::<f32>()?;
+            let y = batch
+                .labels
+                .as_ref()
+                .map(|l| l.to_vec1::<u32>())
+                .transpose()?;
+            for (j, &i) in batch.indices.iter().enumerate() {
+                anyhow::ensure!(
+                    x[j] == [3.0 * i as f32, 3.0 * i as f32 + 1.0, 3.0 * i as f32 + 2.0]
+                );
+                anyhow::ensure!(y.as_ref().map(|y| y[j]) == Some(7 * i as u32));
+            }
+            sizes.push(batch.len());
+            seen.extend(batch.indices);
+        }
+        anyhow::ensure!(sizes == [16, 16, 16, 2], "{sizes:?}");
+        Ok(seen)
+    };
+    let first = epoch(1)?;
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    anyhow::ensure!(sorted == (0..50).collect::<Vec<_>>(), "not a permutation");
+    anyhow::ensure!(first == epoch(1)?, "the same seed gave another order");
+    anyhow::ensure!(first != epoch(2)?, "another seed gave the same order");
+    let bad = candle_core::Tensor::zeros(4, candle_core::DType::U32, &candle_core::Device::Cpu)?;
+    let data = loader.data().clone();
+    anyhow::ensure!(TensorLoader::new(data.clone(), None, 0, Order::Sequential).is_err());
+    anyhow::ensure!(TensorLoader::new(data, Some(bad), 8, Order::Sequential).is_err());
+    Ok(())
+}

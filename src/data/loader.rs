@@ -262,3 +262,146 @@ impl Iterator for Epoch<'_> {
 }
 
 impl ExactSizeIterator for Epoch<'_> {}
+
+/// Anything that cuts an epoch into [`Batch`]es: what [`train_epoch`](crate::train::train_epoch),
+/// [`evaluate`](crate::train::evaluate), [`importance_sampled`](crate::train::importance_sampled)
+/// and the [`Trainer`](crate::train::Trainer) read. [`DataLoader`] (images) and
+/// [`TensorLoader`] (any in-memory tensor: counts, features) implement it; so can a
+/// user's own source (streamed from disk, generated).
+pub trait BatchSource {
+    /// Examples per epoch.
+    fn examples(&self) -> usize;
+
+    /// Batches per epoch, the last partial one included.
+    fn batches(&self) -> usize;
+
+    /// The batches of one epoch on `device`, any randomness (the order, a binarization)
+    /// drawn from `noise`, so that a resumed run sees the same batches.
+    fn epoch<'a>(
+        &'a self,
+        noise: &'a mut NoiseSource,
+        device: &Device,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a>;
+}
+
+impl BatchSource for DataLoader {
+    fn examples(&self) -> usize {
+        DataLoader::examples(self)
+    }
+
+    fn batches(&self) -> usize {
+        DataLoader::batches(self)
+    }
+
+    fn epoch<'a>(
+        &'a self,
+        noise: &'a mut NoiseSource,
+        device: &Device,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
+        Box::new(DataLoader::epoch(self, noise, device))
+    }
+}
+
+/// Batches of the rows of a tensor held in memory (on the CPU): count matrices, feature
+/// vectors, anything that is not an 8-bit image. Shuffled like [`DataLoader`]: a fresh
+/// permutation per epoch from the epoch's noise, the last partial batch kept.
+///
+/// # Shapes
+/// `data`: `(N, …)`, batches `(B, …)`; `labels`: `(N,)`, batches `(B,)`.
+#[derive(Debug, Clone)]
+pub struct TensorLoader {
+    data: Tensor,
+    labels: Option<Tensor>,
+    batch_size: usize,
+    order: Order,
+}
+
+impl TensorLoader {
+    /// Batches of `batch_size` rows of `data` (and `labels`), visited in `order`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a batch size of 0, an
+    /// empty or rank-0 `data`, or labels that are not one per row.
+    pub fn new(
+        data: Tensor,
+        labels: Option<Tensor>,
+        batch_size: usize,
+        order: Order,
+    ) -> Result<Self> {
+        ensure(
+            batch_size > 0,
+            "TensorLoader",
+            "batch_size",
+            batch_size,
+            "must be > 0",
+        )?;
+        let rows = data.dims().first().copied().unwrap_or(0);
+        ensure(
+            rows > 0,
+            "TensorLoader",
+            "data",
+            format!("{:?}", data.dims()),
+            "needs at least one row",
+        )?;
+        if let Some(labels) = &labels {
+            ensure(
+                labels.dims() == [rows],
+                "TensorLoader",
+                "labels",
+                format!("{:?}", labels.dims()),
+                "must have shape (N,), one per row of data",
+            )?;
+        }
+        Ok(Self {
+            data,
+            labels,
+            batch_size,
+            order,
+        })
+    }
+
+    /// The data.
+    pub fn data(&self) -> &Tensor {
+        &self.data
+    }
+}
+
+impl BatchSource for TensorLoader {
+    fn examples(&self) -> usize {
+        self.data.dims().first().copied().unwrap_or(0)
+    }
+
+    fn batches(&self) -> usize {
+        self.examples().div_ceil(self.batch_size)
+    }
+
+    fn epoch<'a>(
+        &'a self,
+        noise: &'a mut NoiseSource,
+        device: &Device,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
+        let mut order: Vec<usize> = (0..self.examples()).collect();
+        if self.order == Order::Shuffled {
+            order.shuffle(noise.rng());
+        }
+        let device = device.clone();
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
+        Box::new(chunks.into_iter().map(move |indices| {
+            let index: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+            let index = Tensor::new(index.as_slice(), self.data.device())?;
+            let images = self.data.index_select(&index, 0)?.to_device(&device)?;
+            let labels = match &self.labels {
+                Some(labels) => Some(labels.index_select(&index, 0)?.to_device(&device)?),
+                None => None,
+            };
+            Ok(Batch {
+                images,
+                labels,
+                indices,
+            })
+        }))
+    }
+}

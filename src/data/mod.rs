@@ -40,7 +40,7 @@ mod loader;
 pub mod split;
 
 pub use dataset::{Binarization, ImageDataset, Layout};
-pub use loader::{Batch, DataLoader, DataLoaderConfig, Epoch, Order};
+pub use loader::{Batch, BatchSource, DataLoader, DataLoaderConfig, Epoch, Order, TensorLoader};
 
 // The file readers and their `flate2` dependency: the `data` feature (on by default).
 #[cfg(feature = "data")]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::component::{Decoder, EncoderT};
-use crate::data::{Batch, DataLoader};
+use crate::data::{Batch, BatchSource};
 use crate::error::{Result, ensure};
 use crate::estimate::{
     ActiveUnits, ImportanceSamplingConfig, WeightSums, iwae_bound, log_importance_weights,
@@ -354,11 +354,11 @@ fn per_example(value: &Tensor, reduction: Reduction, n: usize) -> candle_core::R
 /// # Errors
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad objective; candle's
 /// error if the data does not fit the model.
-pub fn train_epoch<M: BatchModel + ?Sized, O: candle_nn::Optimizer>(
+pub fn train_epoch<M: BatchModel + ?Sized, O: candle_nn::Optimizer, B: BatchSource + ?Sized>(
     vae: &M,
     optimizer: &mut O,
     objective: &Objective,
-    loader: &DataLoader,
+    loader: &B,
     state: &mut TrainingState,
     device: &Device,
     mut on_batch: impl FnMut(usize, f64),
@@ -437,9 +437,9 @@ pub struct Evaluation {
 ///
 /// # Errors
 /// Candle's error if the data does not fit the model.
-pub fn evaluate<M: BatchModel + ?Sized>(
+pub fn evaluate<M: BatchModel + ?Sized, B: BatchSource + ?Sized>(
     vae: &M,
-    loader: &DataLoader,
+    loader: &B,
     noise: &mut NoiseSource,
     device: &Device,
     mut on_batch: impl FnMut(usize),
@@ -503,9 +503,9 @@ pub struct LikelihoodEstimate {
 /// # Errors
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad `config` or `bound_k`
 /// outside 1..=K; candle's error if the data does not fit.
-pub fn importance_sampled<M: BatchModel + ?Sized>(
+pub fn importance_sampled<M: BatchModel + ?Sized, B: BatchSource + ?Sized>(
     vae: &M,
-    loader: &DataLoader,
+    loader: &B,
     config: &ImportanceSamplingConfig,
     bound_k: usize,
     noise: &mut NoiseSource,

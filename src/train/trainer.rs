@@ -52,7 +52,7 @@ use super::epoch::{
 use super::finite;
 use super::optim::OptimizerState;
 use super::params::Parameters;
-use crate::data::DataLoader;
+use crate::data::{BatchSource, DataLoader};
 use crate::error::{Error, Result, ensure};
 use crate::estimate::ImportanceSamplingConfig;
 use crate::noise::NoiseSource;
@@ -228,7 +228,9 @@ pub trait TrainerHooks<M: ?Sized> {
 impl<M: ?Sized> TrainerHooks<M> for () {}
 
 /// A training run: a model, its parameters, an optimiser over them, an objective, the
-/// data, and the state that a checkpoint saves.
+/// data (any [`BatchSource`]: a [`DataLoader`] of images by default, a
+/// [`TensorLoader`](crate::data::TensorLoader), or a user's own), and the state that a
+/// checkpoint saves.
 ///
 /// `P` is where the parameters live ([`ParamStore`](crate::ParamStore), candle's
 /// `VarMap`, or anything that implements [`Parameters`]); `O` is any
@@ -236,24 +238,25 @@ impl<M: ?Sized> TrainerHooks<M> for () {}
 /// [`Adam`](crate::Adam), candle's `SGD`). Candle's `AdamW` keeps its moments private, so
 /// its state cannot be checkpointed: use [`Adam`](crate::Adam) with
 /// [`WeightDecay::Decoupled`](crate::WeightDecay::Decoupled), the same update.
-pub struct Trainer<'m, M: ?Sized, P: ?Sized, O> {
+pub struct Trainer<'m, M: ?Sized, P: ?Sized, O, B = DataLoader> {
     model: &'m M,
     params: &'m P,
     optimizer: O,
     objective: Objective,
-    train: DataLoader,
-    test: DataLoader,
+    train: B,
+    test: B,
     state: TrainingState,
     config: TrainerConfig,
     run_config: Value,
     device: Device,
 }
 
-impl<'m, M, P, O> Trainer<'m, M, P, O>
+impl<'m, M, P, O, B> Trainer<'m, M, P, O, B>
 where
     M: BatchModel + ?Sized,
     P: Parameters + ?Sized,
     O: candle_nn::Optimizer + OptimizerState,
+    B: BatchSource,
 {
     /// A new run, at epoch 0 with the state of [`TrainingState::new`]`(config.seed)`.
     ///
@@ -264,8 +267,8 @@ where
         params: &'m P,
         optimizer: O,
         objective: Objective,
-        train: DataLoader,
-        test: DataLoader,
+        train: B,
+        test: B,
         config: TrainerConfig,
     ) -> Result<Self> {
         config.validate()?;
@@ -460,7 +463,7 @@ where
     }
 
     /// The test batches.
-    pub fn test_data(&self) -> &DataLoader {
+    pub fn test_data(&self) -> &B {
         &self.test
     }
 
