@@ -463,7 +463,7 @@ fn counts() -> Result<Tensor> {
             row.iter()
                 .enumerate()
                 .map(move |(gene, &v)| {
-                    let rate = if (cell % 2 == 0) == (gene < 4) {
+                    let rate: f32 = if (cell % 2 == 0) == (gene < 4) {
                         6.0
                     } else {
                         0.5
