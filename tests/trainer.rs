@@ -112,8 +112,8 @@ fn objective() -> Result<Objective> {
 /// Every parameter's name and bits.
 type Bits = Vec<(String, Vec<u32>)>;
 
-fn bits(varmap: &VarMap) -> Result<Bits> {
-    varmap
+fn bits<P: Parameters + ?Sized>(params: &P) -> Result<Bits> {
+    params
         .named_parameters()?
         .into_iter()
         .map(|(name, var)| {
@@ -521,25 +521,14 @@ fn count_run(stop: Option<usize>, dir: &Path) -> Result<Bits> {
         "the Poisson VAE did not learn: {history:?}"
     );
     if stop.is_none() {
-        return store_bits(&params);
+        return bits(&params);
     }
     let (fresh, vae) = build(2)?;
     let adam = Adam::from_store(&fresh, AdamConfig::new(1e-2))?;
     let mut trainer = Trainer::new(&vae, &fresh, adam, objective()?, train, test, config(4))?;
     trainer.resume(dir.join("counts.safetensors"), &Device::Cpu)?;
     trainer.fit(&mut ())?;
-    store_bits(&fresh)
-}
-
-fn store_bits(params: &candle_vae::ParamStore) -> Result<Bits> {
-    params
-        .named_parameters()?
-        .into_iter()
-        .map(|(name, var)| {
-            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            Ok((name, values.into_iter().map(f32::to_bits).collect()))
-        })
-        .collect()
+    bits(&fresh)
 }
 
 #[test]
