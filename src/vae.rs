@@ -15,7 +15,7 @@ use crate::reparameterize::Reparameterize;
 /// ([`StandardNormal`] unless [`with_prior`](Self::with_prior) sets another).
 ///
 /// `forward_t` runs the whole model on a batch and returns a [`VaeOutput`], which
-/// [`ElboLoss`] and the [`estimate`](crate::estimate) functions score.
+/// [`ElboLoss`](crate::objective::loss::ElboLoss) and the [`estimate`](crate::estimate) functions score.
 ///
 /// ```
 /// # use candle_vae::*;
@@ -56,7 +56,7 @@ struct Condition {
 }
 
 /// Everything one forward pass computes, with the model's likelihood and prior at hand so
-/// that [`ElboLoss`] and the estimators can score it.
+/// that [`ElboLoss`](crate::objective::loss::ElboLoss) and the estimators can score it.
 #[derive(Debug, Clone)]
 pub struct VaeOutput<'m, Q = DiagonalGaussian, L = StandardLikelihood, P = StandardNormal> {
     /// The approximate posterior q(z|x), over `(N, D)`.

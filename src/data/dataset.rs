@@ -131,7 +131,7 @@ impl ImageDataset {
     ///
     /// # Errors
     /// [`Error::Io`] if a file cannot be read; [`Error::Idx`] if one is malformed or the
-    /// label file does not hold one label per image ([`IdxProblem::CountMismatch`]).
+    /// label file does not hold one label per image ([`IdxProblem::CountMismatch`](crate::error::IdxProblem::CountMismatch)).
     #[cfg(feature = "data")]
     #[cfg_attr(docsrs, doc(cfg(feature = "data")))]
     pub fn from_idx(images: impl AsRef<Path>, labels: Option<&Path>) -> Result<Self> {
