@@ -29,6 +29,8 @@
 //! Dilation other than 1, groups other than 1, a missing bias, other dtypes and devices
 //! take candle's path.
 
+use std::cell::RefCell;
+
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, bail};
 use candle_nn::{Conv2d, ConvTranspose2d};
 
@@ -38,6 +40,35 @@ use super::storage::{is_cpu_f32, slice, with_slice};
 
 /// Columns (images × pixels) per matrix product, at least.
 const MIN_COLS: usize = 256;
+
+thread_local! {
+    /// Each thread's patch and channel-matrix buffers, kept from call to call: a step of
+    /// a convolutional VAE otherwise allocates and frees them in every layer, forward and
+    /// backward, and each fresh allocation of that size costs the kernel's page faults
+    /// (it zeroes every page on first touch).
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on this thread's scratch buffers, grown to `col_len` and `mat_len` elements.
+/// Their contents are left from earlier calls: `f` must write every element it reads.
+fn with_scratch<T>(
+    col_len: usize,
+    mat_len: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> T,
+) -> T {
+    // Taken out for the call and put back after, so that a nested call (none today) would
+    // get fresh buffers instead of a borrow error.
+    let (mut col, mut mat) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if col.len() < col_len {
+        col.resize(col_len, 0.0);
+    }
+    if mat.len() < mat_len {
+        mat.resize(mat_len, 0.0);
+    }
+    let out = f(&mut col[..col_len], &mut mat[..mat_len]);
+    SCRATCH.with(|s| *s.borrow_mut() = (col, mat));
+    out
+}
 
 /// `layer(x)`: the fused kernel where it applies (enabled, CPU, `f32`, rank 4, a bias,
 /// dilation 1, one group), candle's `Conv2d` elsewhere.
@@ -340,52 +371,53 @@ impl Problem {
         let per_block = self.images_per_block();
         let group = self.images_per_product(per_block);
         let tasks: Vec<_> = y.chunks_mut(per_block * y_len).enumerate().collect();
+        let mat_len = self.out_c.max(self.in_c) * group * cols;
         run_all(tasks, |(block, y_block)| {
-            let mut col_buf = vec![0f32; rows * group * cols];
-            let mut mat_buf = vec![0f32; self.out_c.max(self.in_c) * group * cols];
-            for (i, y_group) in y_block.chunks_mut(group * y_len).enumerate() {
-                let images = y_group.len() / y_len;
-                let first = block * per_block + i * group;
-                let x_group = &x[first * x_len..(first + images) * x_len];
-                let ld = images * cols;
-                let col = &mut col_buf[..rows * ld];
-                match self.kind {
-                    Kind::Conv => {
-                        // Y = W·col, then bias + Y into each image's (O, pixels).
-                        for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
-                            g.im2col(x_img, col, ld, j * cols);
-                        }
-                        let y_mat = &mut mat_buf[..self.out_c * ld];
-                        let mut dst = MatMut::row_major(y_mat, self.out_c, ld)?;
-                        matmul(&mut dst, w, MatRef::row_major(col, rows, ld)?, false)?;
-                        for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
-                            let planes = y_img.chunks_exact_mut(pixels).zip(b).enumerate();
-                            for (o, (plane, &bias)) in planes {
-                                let at = o * ld + j * cols;
-                                let src = &y_mat[at..at + pixels];
-                                for (d, v) in plane.iter_mut().zip(src) {
-                                    *d = v + bias;
+            with_scratch(rows * group * cols, mat_len, |col_buf, mat_buf| {
+                for (i, y_group) in y_block.chunks_mut(group * y_len).enumerate() {
+                    let images = y_group.len() / y_len;
+                    let first = block * per_block + i * group;
+                    let x_group = &x[first * x_len..(first + images) * x_len];
+                    let ld = images * cols;
+                    let col = &mut col_buf[..rows * ld];
+                    match self.kind {
+                        Kind::Conv => {
+                            // Y = W·col, then bias + Y into each image's (O, pixels).
+                            for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
+                                g.im2col(x_img, col, ld, j * cols);
+                            }
+                            let y_mat = &mut mat_buf[..self.out_c * ld];
+                            let mut dst = MatMut::row_major(y_mat, self.out_c, ld)?;
+                            matmul(&mut dst, w, MatRef::row_major(col, rows, ld)?, false)?;
+                            for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
+                                let planes = y_img.chunks_exact_mut(pixels).zip(b).enumerate();
+                                for (o, (plane, &bias)) in planes {
+                                    let at = o * ld + j * cols;
+                                    let src = &y_mat[at..at + pixels];
+                                    for (d, v) in plane.iter_mut().zip(src) {
+                                        *d = v + bias;
+                                    }
                                 }
                             }
                         }
-                    }
-                    Kind::Transposed => {
-                        // col = Wᵀ·X, then bias + col2im(col) into each image.
-                        let x_mat = &mut mat_buf[..self.in_c * ld];
-                        gather(x_group, self.in_c, cols, x_mat);
-                        let mut dst = MatMut::row_major(col, rows, ld)?;
-                        let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
-                        matmul(&mut dst, w.t(), x_ref, false)?;
-                        for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
-                            for (plane, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
-                                plane.fill(bias);
+                        Kind::Transposed => {
+                            // col = Wᵀ·X, then bias + col2im(col) into each image.
+                            let x_mat = &mut mat_buf[..self.in_c * ld];
+                            gather(x_group, self.in_c, cols, x_mat);
+                            let mut dst = MatMut::row_major(col, rows, ld)?;
+                            let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                            matmul(&mut dst, w.t(), x_ref, false)?;
+                            for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
+                                for (plane, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
+                                    plane.fill(bias);
+                                }
+                                g.col2im_add(col, ld, j * cols, y_img);
                             }
-                            g.col2im_add(col, ld, j * cols, y_img);
                         }
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })?;
         Ok(y)
     }
@@ -429,69 +461,71 @@ impl Problem {
         let partials = map_all(tasks, |(block, mut dx_block)| {
             let mut dw = vec![0f32; w_len];
             let mut db = vec![0f32; self.out_c];
-            let mut col_buf = vec![0f32; rows * group * cols];
-            let mut mat_buf = vec![0f32; self.out_c.max(self.in_c) * group * cols];
-            let start = block * per_block;
-            let end = (start + per_block).min(self.n);
-            let mut first = start;
-            while first < end {
-                let images = group.min(end - first);
-                let ld = images * cols;
-                let x_group = &x[first * x_len..(first + images) * x_len];
-                let dy_group = &dy[first * y_len..(first + images) * y_len];
-                for dy_img in dy_group.chunks_exact(y_len) {
-                    for (sum, plane) in db.iter_mut().zip(dy_img.chunks_exact(pixels)) {
-                        *sum += plane.iter().sum::<f32>();
-                    }
-                }
-                let dx_group = match dx_block.as_deref_mut() {
-                    Some(d) => {
-                        let at = (first - start) * x_len;
-                        Some(&mut d[at..at + images * x_len])
-                    }
-                    None => None,
-                };
-                let col = &mut col_buf[..rows * ld];
-                match self.kind {
-                    Kind::Conv => {
-                        // ∂W += ∂Y·colᵀ; ∂X = col2im(Wᵀ·∂Y).
-                        for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
-                            g.im2col(x_img, col, ld, j * cols);
+            let mat_len = self.out_c.max(self.in_c) * group * cols;
+            with_scratch(rows * group * cols, mat_len, |col_buf, mat_buf| {
+                let start = block * per_block;
+                let end = (start + per_block).min(self.n);
+                let mut first = start;
+                while first < end {
+                    let images = group.min(end - first);
+                    let ld = images * cols;
+                    let x_group = &x[first * x_len..(first + images) * x_len];
+                    let dy_group = &dy[first * y_len..(first + images) * y_len];
+                    for dy_img in dy_group.chunks_exact(y_len) {
+                        for (sum, plane) in db.iter_mut().zip(dy_img.chunks_exact(pixels)) {
+                            *sum += plane.iter().sum::<f32>();
                         }
-                        let dy_mat = &mut mat_buf[..self.out_c * ld];
-                        gather(dy_group, self.out_c, cols, dy_mat);
-                        let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
-                        let col_ref = MatRef::row_major(col, rows, ld)?;
-                        let mut dw_mat = MatMut::row_major(&mut dw, self.out_c, rows)?;
-                        matmul(&mut dw_mat, dy_ref, col_ref.t(), true)?;
-                        if let Some(dx_group) = dx_group {
-                            let mut col_mat = MatMut::row_major(col, rows, ld)?;
-                            matmul(&mut col_mat, w_mat.t(), dy_ref, false)?;
-                            for (j, dx_img) in dx_group.chunks_exact_mut(x_len).enumerate() {
-                                g.col2im_add(col, ld, j * cols, dx_img);
+                    }
+                    let dx_group = match dx_block.as_deref_mut() {
+                        Some(d) => {
+                            let at = (first - start) * x_len;
+                            Some(&mut d[at..at + images * x_len])
+                        }
+                        None => None,
+                    };
+                    let col = &mut col_buf[..rows * ld];
+                    match self.kind {
+                        Kind::Conv => {
+                            // ∂W += ∂Y·colᵀ; ∂X = col2im(Wᵀ·∂Y).
+                            for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
+                                g.im2col(x_img, col, ld, j * cols);
+                            }
+                            let dy_mat = &mut mat_buf[..self.out_c * ld];
+                            gather(dy_group, self.out_c, cols, dy_mat);
+                            let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
+                            let col_ref = MatRef::row_major(col, rows, ld)?;
+                            let mut dw_mat = MatMut::row_major(&mut dw, self.out_c, rows)?;
+                            matmul(&mut dw_mat, dy_ref, col_ref.t(), true)?;
+                            if let Some(dx_group) = dx_group {
+                                let mut col_mat = MatMut::row_major(col, rows, ld)?;
+                                matmul(&mut col_mat, w_mat.t(), dy_ref, false)?;
+                                for (j, dx_img) in dx_group.chunks_exact_mut(x_len).enumerate() {
+                                    g.col2im_add(col, ld, j * cols, dx_img);
+                                }
+                            }
+                        }
+                        Kind::Transposed => {
+                            // col = im2col(∂Y); ∂W += X·colᵀ; ∂X = W·col.
+                            for (j, dy_img) in dy_group.chunks_exact(y_len).enumerate() {
+                                g.im2col(dy_img, col, ld, j * cols);
+                            }
+                            let x_mat = &mut mat_buf[..self.in_c * ld];
+                            gather(x_group, self.in_c, cols, x_mat);
+                            let col_ref = MatRef::row_major(col, rows, ld)?;
+                            let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                            let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
+                            matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
+                            if let Some(dx_group) = dx_group {
+                                let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
+                                matmul(&mut dx_mat, w_mat, col_ref, false)?;
+                                scatter(x_mat, self.in_c, cols, dx_group);
                             }
                         }
                     }
-                    Kind::Transposed => {
-                        // col = im2col(∂Y); ∂W += X·colᵀ; ∂X = W·col.
-                        for (j, dy_img) in dy_group.chunks_exact(y_len).enumerate() {
-                            g.im2col(dy_img, col, ld, j * cols);
-                        }
-                        let x_mat = &mut mat_buf[..self.in_c * ld];
-                        gather(x_group, self.in_c, cols, x_mat);
-                        let col_ref = MatRef::row_major(col, rows, ld)?;
-                        let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
-                        let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
-                        matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
-                        if let Some(dx_group) = dx_group {
-                            let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
-                            matmul(&mut dx_mat, w_mat, col_ref, false)?;
-                            scatter(x_mat, self.in_c, cols, dx_group);
-                        }
-                    }
+                    first += images;
                 }
-                first += images;
-            }
+                candle_core::Result::Ok(())
+            })?;
             Ok((dw, db))
         })?;
         let mut partials = partials.into_iter();
