@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device};
-use candle_vae::data::{Binarization, DataLoader, DataLoaderConfig, ImageDataset, Order};
+use candle_vae::data::{Binarization, DataLoader, DataLoaderConfig, Order};
 use candle_vae::estimate::log_likelihood;
 use candle_vae::train::{
     EpochSummary, Evaluation, Objective, TrainingState, evaluate, importance_sampled, train_epoch,
@@ -16,22 +16,11 @@ use candle_vae::{
 };
 use candle_vae::{Error, NonFinitePart};
 
-type MlpVae = Vae<MlpEncoder, MlpDecoder>;
+#[path = "common/toy.rs"]
+mod toy;
+use toy::{bits, candle_vae_on, synthetic};
 
-/// 300 synthetic 6×6 "images": blobs whose position depends on the index.
-fn synthetic() -> Result<ImageDataset> {
-    let mut pixels = Vec::with_capacity(300 * 36);
-    for i in 0..300usize {
-        let (cx, cy) = ((i % 6) as f32, ((i / 6) % 6) as f32);
-        for y in 0..6 {
-            for x in 0..6 {
-                let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-                pixels.push((255.0 * (-d2 / 3.0).exp()).round() as u8);
-            }
-        }
-    }
-    Ok(ImageDataset::new(pixels, 6, 6, None)?)
-}
+type MlpVae = Vae<MlpEncoder, MlpDecoder>;
 
 fn model(seed: u64) -> Result<(ParamStore, MlpVae, Adam)> {
     let params = ParamStore::new(seed);
@@ -81,7 +70,7 @@ fn epoch(
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() -> Result<()> {
-    let data = synthetic()?;
+    let data = synthetic(300)?;
     // Shuffled, dynamically binarized training data: both data streams matter.
     let loaders = (
         DataLoader::new(
@@ -170,7 +159,7 @@ fn resume_refuses_a_checkpoint_of_another_model() -> Result<()> {
 
 #[test]
 fn importance_sampling_orders_the_bounds_and_matches_log_likelihood() -> Result<()> {
-    let data = synthetic()?.take(40);
+    let data = synthetic(300)?.take(40);
     let loader = DataLoader::new(
         data.clone(),
         DataLoaderConfig::new(40)
@@ -238,7 +227,7 @@ fn importance_sampling_orders_the_bounds_and_matches_log_likelihood() -> Result<
 #[test]
 fn iwae_objective_trains() -> Result<()> {
     let loader = DataLoader::new(
-        synthetic()?,
+        synthetic(300)?,
         DataLoaderConfig::new(50).with_binarization(Binarization::Threshold(0.5)),
     )?;
     let (_params, vae, mut adam) = model(2)?;
@@ -280,18 +269,6 @@ fn iwae_objective_trains() -> Result<()> {
     Ok(())
 }
 
-/// Every parameter's values as bits (NaN equal to itself).
-fn param_bits(params: &ParamStore) -> Result<Vec<(String, Vec<u32>)>> {
-    params
-        .named_vars()?
-        .into_iter()
-        .map(|(name, var)| {
-            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            Ok((name, values.iter().map(|v| v.to_bits()).collect()))
-        })
-        .collect()
-}
-
 /// Sets parameter `name` of `params` to `value` everywhere.
 fn poison(params: &ParamStore, name: &str, value: f32) -> Result<()> {
     let (_, var) = params
@@ -305,7 +282,7 @@ fn poison(params: &ParamStore, name: &str, value: f32) -> Result<()> {
 
 #[test]
 fn a_non_finite_loss_stops_training_before_the_step_naming_epoch_step_and_part() -> Result<()> {
-    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    let loader = DataLoader::new(synthetic(300)?, DataLoaderConfig::new(32))?;
     // fc4 is the decoder's output layer: a NaN bias makes the reconstruction term NaN and
     // leaves the KL finite. fc21 is the posterior mean: μ = 10³⁰ makes the KL overflow
     // (μ²/2 > f32::MAX) while the reconstruction stays finite.
@@ -332,7 +309,7 @@ fn a_non_finite_loss_stops_training_before_the_step_naming_epoch_step_and_part()
         )?;
         state.epoch += 1;
         poison(&params, name, value)?;
-        let before = param_bits(&params)?;
+        let before = bits(&params)?;
         let result = train_epoch(
             &vae,
             &mut adam,
@@ -363,7 +340,7 @@ fn a_non_finite_loss_stops_training_before_the_step_naming_epoch_step_and_part()
             other => anyhow::bail!("expected Error::NonFinite at epoch 2, step 11, got {other:?}"),
         }
         anyhow::ensure!(
-            param_bits(&params)? == before,
+            bits(&params)? == before,
             "{name} = {value}: the step was taken"
         );
         assert_eq!(state.step, 10, "the refused step is not counted");
@@ -373,7 +350,7 @@ fn a_non_finite_loss_stops_training_before_the_step_naming_epoch_step_and_part()
 
 #[test]
 fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step() -> Result<()> {
-    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    let loader = DataLoader::new(synthetic(300)?, DataLoaderConfig::new(32))?;
     // The crate's own setter refuses at once; the candle trait's cannot, so the next
     // step does, and train_epoch passes on the typed error.
     let (params, vae, mut adam) = model(1)?;
@@ -383,7 +360,7 @@ fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step
     }
     assert_eq!(adam.config().lr, 3e-3, "a refused rate was kept");
     candle_nn::Optimizer::set_learning_rate(&mut adam, -1.0);
-    let before = param_bits(&params)?;
+    let before = bits(&params)?;
     let mut state = TrainingState::new(1);
     let result = train_epoch(
         &vae,
@@ -400,7 +377,7 @@ fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step
         }) => assert_eq!(value, "-1.0"),
         other => anyhow::bail!("expected InvalidConfig for lr, got {other:?}"),
     }
-    anyhow::ensure!(param_bits(&params)? == before, "a step was taken");
+    anyhow::ensure!(bits(&params)? == before, "a step was taken");
     assert_eq!(state.step, 0);
 
     // A finite loss with an infinite gradient: with log σ² = 84 the KL term
@@ -410,7 +387,7 @@ fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step
     let (params, vae, mut adam) = model(1)?;
     poison(&params, "fc22.bias", 84.0)?;
     poison(&params, "fc1.weight", 10.0)?;
-    let before = param_bits(&params)?;
+    let before = bits(&params)?;
     let mut state = TrainingState::new(1);
     let plain = Objective::Elbo(ElboLoss::new(
         ElboLossConfig::default().with_reduction(Reduction::Sum),
@@ -433,80 +410,11 @@ fn a_bad_learning_rate_or_gradient_inside_train_epoch_is_typed_and_takes_no_step
         }) => anyhow::ensure!(parameter.starts_with("fc"), "parameter {parameter}"),
         other => anyhow::bail!("expected a non-finite gradient at epoch 1, step 1, got {other:?}"),
     }
-    anyhow::ensure!(param_bits(&params)? == before, "a step was taken");
+    anyhow::ensure!(bits(&params)? == before, "a step was taken");
     Ok(())
 }
 
 // ---- candle's own parts: VarMap, candle_nn layers, any Optimizer ----------------------
-
-/// An encoder from candle_nn layers: a `seq()` trunk and two linear heads.
-struct CandleEncoder {
-    trunk: candle_nn::Sequential,
-    mean: candle_nn::Linear,
-    log_var: candle_nn::Linear,
-}
-
-impl candle_vae::Encoder for CandleEncoder {
-    type Posterior = candle_vae::DiagonalGaussian;
-    fn encode(&self, xs: &candle_core::Tensor) -> candle_core::Result<Self::Posterior> {
-        use candle_core::Module;
-        let h = self.trunk.forward(xs)?;
-        candle_vae::DiagonalGaussian::new(self.mean.forward(&h)?, self.log_var.forward(&h)?)
-    }
-}
-
-type CandleVae =
-    Vae<CandleEncoder, candle_nn::Sequential, StandardLikelihood, candle_vae::StandardNormal>;
-
-/// Overwrites every parameter of `varmap` with U(−0.3, 0.3) draws from `seed`, in name order.
-fn seeded_values(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
-    use candle_vae::Parameters;
-    let mut noise = NoiseSource::new(seed);
-    for (_, var) in varmap.named_parameters()? {
-        let t = var.as_tensor();
-        var.set(
-            &noise
-                .uniform(t.shape(), DType::F32, &Device::Cpu)?
-                .affine(0.6, -0.3)?,
-        )?;
-    }
-    Ok(())
-}
-
-/// A VAE of candle_nn layers on a `VarMap` (no `ParamStore`, no `Dims`).
-fn candle_vae_on(varmap: &candle_nn::VarMap) -> Result<CandleVae> {
-    use candle_nn::{Activation, linear, seq};
-    let vb = candle_nn::VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
-    let encoder = CandleEncoder {
-        trunk: seq()
-            .add(linear(36, 16, vb.pp("enc.fc1"))?)
-            .add(Activation::Relu),
-        mean: linear(16, 3, vb.pp("enc.mean"))?,
-        log_var: linear(16, 3, vb.pp("enc.log_var"))?,
-    };
-    let decoder = seq()
-        .add(linear(3, 16, vb.pp("dec.fc1"))?)
-        .add(Activation::Relu)
-        .add(linear(16, 36, vb.pp("dec.fc2"))?);
-    Ok(Vae::from_parts(
-        encoder,
-        decoder,
-        StandardLikelihood::Bernoulli,
-        candle_vae::StandardNormal::new(3)?,
-    ))
-}
-
-fn varmap_bits(varmap: &candle_nn::VarMap) -> Result<Vec<(String, Vec<u32>)>> {
-    use candle_vae::Parameters;
-    varmap
-        .named_parameters()?
-        .into_iter()
-        .map(|(name, var)| {
-            let bits = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            Ok((name, bits.into_iter().map(f32::to_bits).collect()))
-        })
-        .collect()
-}
 
 /// Trains `epochs` epochs of a candle_nn VAE on a VarMap with `make_optimizer`, resuming
 /// from a checkpoint into a fresh VarMap (and a fresh optimiser) after `stop_after`, and
@@ -527,10 +435,9 @@ where
     ));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("run.safetensors");
-    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    let loader = DataLoader::new(synthetic(300)?, DataLoaderConfig::new(32))?;
     let varmap = candle_nn::VarMap::new();
-    let mut vae = candle_vae_on(&varmap)?;
-    seeded_values(&varmap, 21)?; // the same start for every run (VarMap's own is unseeded)
+    let mut vae = candle_vae_on(&varmap, 21)?; // the same start for every run
     let mut opt = make_optimizer(&varmap)?;
     let mut state = TrainingState::new(9);
     let objective = objective()?;
@@ -550,7 +457,7 @@ where
             state.save(&path, &live, &opt, "config")?;
             // A fresh process: new VarMap (random values), new optimiser, then resume.
             let fresh = candle_nn::VarMap::new();
-            vae = candle_vae_on(&fresh)?;
+            vae = candle_vae_on(&fresh, 99)?;
             opt = make_optimizer(&fresh)?;
             let (resumed, config): (TrainingState, String) =
                 TrainingState::resume(&path, &Device::Cpu, &fresh, &mut opt)?;
@@ -564,7 +471,7 @@ where
         }
     }
     std::fs::remove_dir_all(&dir)?;
-    varmap_bits(&live)
+    bits(&live)
 }
 
 #[test]
@@ -596,9 +503,9 @@ fn a_varmap_model_of_candle_nn_layers_resumes_bit_for_bit() -> Result<()> {
 #[test]
 fn candle_adamw_trains_through_train_epoch() -> Result<()> {
     use candle_nn::Optimizer;
-    let loader = DataLoader::new(synthetic()?, DataLoaderConfig::new(32))?;
+    let loader = DataLoader::new(synthetic(300)?, DataLoaderConfig::new(32))?;
     let varmap = candle_nn::VarMap::new();
-    let vae = candle_vae_on(&varmap)?;
+    let vae = candle_vae_on(&varmap, 21)?;
     let mut opt = candle_nn::AdamW::new(
         varmap.all_vars(),
         candle_nn::ParamsAdamW {

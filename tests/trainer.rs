@@ -9,90 +9,28 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
-use candle_vae::data::{DataLoader, DataLoaderConfig, ImageDataset, Order};
+use candle_vae::data::{DataLoader, DataLoaderConfig, Order};
 use candle_vae::train::{
     EpochRecord, LearningRateSchedule, Objective, Trainer, TrainerConfig, TrainerHooks,
     TrainingState,
 };
+#[path = "common/toy.rs"]
+mod toy;
+use toy::{Bits, bits, candle_vae_on, synthetic};
+
 use candle_vae::{
-    Adam, AdamConfig, DiagonalGaussian, ElboLoss, ElboLossConfig, Encoder, Error, NoiseSource,
-    Parameters, Reduction, StandardLikelihood, StandardNormal, Vae, WeightDecay,
+    Adam, AdamConfig, ElboLoss, ElboLossConfig, Error, NoiseSource, Parameters, Reduction, Vae,
+    WeightDecay,
 };
 
-/// 200 synthetic 6×6 "images": blobs whose position depends on the index.
-fn synthetic() -> Result<ImageDataset> {
-    let mut pixels = Vec::with_capacity(200 * 36);
-    for i in 0..200usize {
-        let (cx, cy) = ((i % 6) as f32, ((i / 6) % 6) as f32);
-        for y in 0..6 {
-            for x in 0..6 {
-                let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
-                pixels.push((255.0 * (-d2 / 3.0).exp()).round() as u8);
-            }
-        }
-    }
-    Ok(ImageDataset::new(pixels, 6, 6, None)?)
-}
-
 fn loaders() -> Result<(DataLoader, DataLoader)> {
-    let data = synthetic()?;
+    let data = synthetic(200)?;
     Ok((
         DataLoader::new(data.clone(), DataLoaderConfig::new(32))?,
         DataLoader::new(
             data,
             DataLoaderConfig::new(50).with_order(Order::Sequential),
         )?,
-    ))
-}
-
-/// An encoder of candle_nn layers.
-struct CandleEncoder {
-    trunk: candle_nn::Sequential,
-    mean: candle_nn::Linear,
-    log_var: candle_nn::Linear,
-}
-
-impl Encoder for CandleEncoder {
-    type Posterior = DiagonalGaussian;
-    fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian> {
-        use candle_core::Module;
-        let h = self.trunk.forward(xs)?;
-        DiagonalGaussian::new(self.mean.forward(&h)?, self.log_var.forward(&h)?)
-    }
-}
-
-type CandleVae = Vae<CandleEncoder, candle_nn::Sequential, StandardLikelihood, StandardNormal>;
-
-/// A VAE of candle_nn layers on `varmap`, its values drawn from `seed` (a VarMap's own
-/// initialisation cannot be seeded).
-fn candle_vae_on(varmap: &VarMap, seed: u64) -> Result<CandleVae> {
-    use candle_nn::{Activation, linear, seq};
-    let vb = candle_nn::VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
-    let encoder = CandleEncoder {
-        trunk: seq()
-            .add(linear(36, 16, vb.pp("enc.fc1"))?)
-            .add(Activation::Relu),
-        mean: linear(16, 3, vb.pp("enc.mean"))?,
-        log_var: linear(16, 3, vb.pp("enc.log_var"))?,
-    };
-    let decoder = seq()
-        .add(linear(3, 16, vb.pp("dec.fc1"))?)
-        .add(Activation::Relu)
-        .add(linear(16, 36, vb.pp("dec.fc2"))?);
-    let mut noise = NoiseSource::new(seed);
-    for (_, var) in varmap.named_parameters()? {
-        let t = var.as_tensor();
-        var.set(
-            &noise
-                .uniform(t.shape(), DType::F32, &Device::Cpu)?
-                .affine(0.6, -0.3)?,
-        )?;
-    }
-    Ok(Vae::from_parts(
-        encoder,
-        decoder,
-        StandardLikelihood::Bernoulli,
-        StandardNormal::new(3)?,
     ))
 }
 
@@ -107,20 +45,6 @@ fn objective() -> Result<Objective> {
     Ok(Objective::Elbo(ElboLoss::new(
         ElboLossConfig::default().with_reduction(Reduction::Sum),
     )?))
-}
-
-/// Every parameter's name and bits.
-type Bits = Vec<(String, Vec<u32>)>;
-
-fn bits<P: Parameters + ?Sized>(params: &P) -> Result<Bits> {
-    params
-        .named_parameters()?
-        .into_iter()
-        .map(|(name, var)| {
-            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            Ok((name, values.into_iter().map(f32::to_bits).collect()))
-        })
-        .collect()
 }
 
 /// The history with the wall-clock fields, the only ones allowed to differ, zeroed.
