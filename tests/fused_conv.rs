@@ -1,7 +1,8 @@
 //! The fused convolution kernels against candle's `conv2d` / `conv_transpose2d`: values and
 //! gradients (input, weight, bias) agree to a relative error ≤ 1e-5 (max |fused − plain|
 //! over max |plain|, per tensor) for the shapes of the convolutional VAE and for other
-//! strides, paddings, output paddings and odd sizes; a whole VAE step agrees with the
+//! strides, paddings, output paddings and odd sizes, alone and followed by an activation
+//! (a ReLU inside the kernel to 1e-5, others exactly the kernel's output activated); a whole VAE step agrees with the
 //! kernels on and off; layers the kernels do not handle take candle's path.
 
 mod common;
@@ -10,8 +11,8 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use candle_vae::fused::{self, FusedKernels, with_fused_kernels};
 use candle_vae::{
-    ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ElboLoss, ElboLossConfig,
-    ImageShape, NoiseSource, ParamStore, StandardLikelihood, Vae,
+    Activation, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ElboLoss,
+    ElboLossConfig, ImageShape, NoiseSource, ParamStore, StandardLikelihood, Vae,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -116,6 +117,23 @@ fn fused_conv2d_matches_candle_values_and_gradients() -> Result {
             |x| fused::conv2d(x, &layer),
             |x| layer.forward(x),
         )?;
+        // With the activation: a ReLU inside the kernel (value and its masked gradient),
+        // anything else through candle after it.
+        compare(
+            &format!("{name} + relu"),
+            &x,
+            &weight,
+            &bias,
+            |x| fused::conv2d_activated(x, &layer, Activation::Relu),
+            |x| layer.forward(x)?.relu(),
+        )?;
+        let tanh = fused::conv2d_activated(x.as_tensor(), &layer, Activation::Tanh)?;
+        let after = fused::conv2d(x.as_tensor(), &layer)?.tanh()?;
+        assert_eq!(
+            common::values(&tanh)?,
+            common::values(&after)?,
+            "{name} + tanh: not tanh of the kernel's output"
+        );
     }
     Ok(())
 }
@@ -177,6 +195,23 @@ fn fused_conv_transpose2d_matches_candle_values_and_gradients() -> Result {
             |x| fused::conv_transpose2d(x, &layer),
             |x| layer.forward(x),
         )?;
+        // With the activation: a ReLU inside the kernel (value and its masked gradient),
+        // anything else through candle after it.
+        compare(
+            &format!("{name} + relu"),
+            &x,
+            &weight,
+            &bias,
+            |x| fused::conv_transpose2d_activated(x, &layer, Activation::Relu),
+            |x| layer.forward(x)?.relu(),
+        )?;
+        let tanh = fused::conv_transpose2d_activated(x.as_tensor(), &layer, Activation::Tanh)?;
+        let after = fused::conv_transpose2d(x.as_tensor(), &layer)?.tanh()?;
+        assert_eq!(
+            common::values(&tanh)?,
+            common::values(&after)?,
+            "{name} + tanh: not tanh of the kernel's output"
+        );
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ use candle_nn::{Conv2d, ConvTranspose2d};
 use super::gemm::{MatMut, MatRef, matmul};
 use super::parallel::{blocks_for, map_all, run_all};
 use super::storage::{is_cpu_f32, slice, with_slice};
+use crate::ops::Activation;
 
 /// Columns (images × pixels) per matrix product, at least.
 const MIN_COLS: usize = 256;
@@ -79,6 +80,36 @@ fn with_scratch<T>(
 /// # Errors
 /// If `x` does not fit the layer.
 pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
+    conv2d_fused(x, layer, false)?.map_or_else(|| layer.forward(x), Ok)
+}
+
+/// `activation(layer(x))`. A ReLU runs inside the fused kernel where that applies (see
+/// [`conv2d`]): the forward pass clamps the product's output as it adds the bias, and the
+/// backward pass masks the output gradient where the output is 0, in place of candle's
+/// element-wise passes each way between the convolutions. As in PyTorch, the ReLU's
+/// gradient at exactly 0 is 0 (candle's own `relu` takes 1 there). Other activations, and
+/// everything the kernel does not take, run as `activation.forward(conv2d(x))`.
+///
+/// # Shapes
+/// As [`conv2d`].
+///
+/// # Errors
+/// If `x` does not fit the layer.
+pub fn conv2d_activated(
+    x: &Tensor,
+    layer: &Conv2d,
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    if activation == Activation::Relu
+        && let Some(y) = conv2d_fused(x, layer, true)?
+    {
+        return Ok(y);
+    }
+    activation.forward(&conv2d(x, layer)?)
+}
+
+/// The fused `conv2d` (with a ReLU if `relu`), or `None` where it does not apply.
+fn conv2d_fused(x: &Tensor, layer: &Conv2d, relu: bool) -> candle_core::Result<Option<Tensor>> {
     let config = layer.config();
     let w = layer.weight();
     let op = ConvOp {
@@ -86,6 +117,7 @@ pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
         stride: config.stride,
         padding: config.padding,
         output_padding: 0,
+        relu,
     };
     match layer.bias() {
         Some(b)
@@ -95,9 +127,9 @@ pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
                 && x.dim(2)? + 2 * config.padding >= w.dim(2)?
                 && x.dim(3)? + 2 * config.padding >= w.dim(3)? =>
         {
-            op.apply(x, w, b)
+            op.apply(x, w, b).map(Some)
         }
-        _ => layer.forward(x),
+        _ => Ok(None),
     }
 }
 
@@ -111,6 +143,36 @@ pub fn conv2d(x: &Tensor, layer: &Conv2d) -> candle_core::Result<Tensor> {
 /// # Errors
 /// If `x` does not fit the layer.
 pub fn conv_transpose2d(x: &Tensor, layer: &ConvTranspose2d) -> candle_core::Result<Tensor> {
+    conv_transpose2d_fused(x, layer, false)?.map_or_else(|| layer.forward(x), Ok)
+}
+
+/// `activation(layer(x))`, a ReLU inside the fused kernel where that applies, as
+/// [`conv2d_activated`] does for [`conv2d`].
+///
+/// # Shapes
+/// As [`conv_transpose2d`].
+///
+/// # Errors
+/// If `x` does not fit the layer.
+pub fn conv_transpose2d_activated(
+    x: &Tensor,
+    layer: &ConvTranspose2d,
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    if activation == Activation::Relu
+        && let Some(y) = conv_transpose2d_fused(x, layer, true)?
+    {
+        return Ok(y);
+    }
+    activation.forward(&conv_transpose2d(x, layer)?)
+}
+
+/// The fused `conv_transpose2d` (with a ReLU if `relu`), or `None` where it does not apply.
+fn conv_transpose2d_fused(
+    x: &Tensor,
+    layer: &ConvTranspose2d,
+    relu: bool,
+) -> candle_core::Result<Option<Tensor>> {
     let config = layer.config();
     let w = layer.weight();
     let op = ConvOp {
@@ -118,6 +180,7 @@ pub fn conv_transpose2d(x: &Tensor, layer: &ConvTranspose2d) -> candle_core::Res
         stride: config.stride,
         padding: config.padding,
         output_padding: config.output_padding,
+        relu,
     };
     let grows = |side: usize, k: usize| (side - 1) * config.stride + k + config.output_padding;
     match layer.bias() {
@@ -127,9 +190,9 @@ pub fn conv_transpose2d(x: &Tensor, layer: &ConvTranspose2d) -> candle_core::Res
                 && grows(x.dim(2)?, w.dim(2)?) > 2 * config.padding
                 && grows(x.dim(3)?, w.dim(3)?) > 2 * config.padding =>
         {
-            op.apply(x, w, b)
+            op.apply(x, w, b).map(Some)
         }
-        _ => layer.forward(x),
+        _ => Ok(None),
     }
 }
 
@@ -358,7 +421,13 @@ impl Problem {
             .clamp(1, per_block.max(1))
     }
 
-    fn forward(&self, x: &[f32], w: &[f32], b: &[f32]) -> candle_core::Result<Vec<f32>> {
+    fn forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        relu: bool,
+    ) -> candle_core::Result<Vec<f32>> {
         let (x_len, y_len) = (self.x_len(), self.y_len());
         if x.len() != self.n * x_len || b.len() != self.out_c {
             bail!("candle-vae-conv: {} inputs, {} biases", x.len(), b.len())
@@ -394,8 +463,14 @@ impl Problem {
                                 for (o, (plane, &bias)) in planes {
                                     let at = o * ld + j * cols;
                                     let src = &y_mat[at..at + pixels];
-                                    for (d, v) in plane.iter_mut().zip(src) {
-                                        *d = v + bias;
+                                    if relu {
+                                        for (d, v) in plane.iter_mut().zip(src) {
+                                            *d = (v + bias).max(0.0);
+                                        }
+                                    } else {
+                                        for (d, v) in plane.iter_mut().zip(src) {
+                                            *d = v + bias;
+                                        }
                                     }
                                 }
                             }
@@ -412,6 +487,9 @@ impl Problem {
                                     plane.fill(bias);
                                 }
                                 g.col2im_add(col, ld, j * cols, y_img);
+                                if relu {
+                                    y_img.iter_mut().for_each(|v| *v = v.max(0.0));
+                                }
                             }
                         }
                     }
@@ -563,6 +641,35 @@ fn scatter(mat: &[f32], channels: usize, pixels: usize, images: &mut [f32]) {
     }
 }
 
+/// `grad` where `y` > 0, else 0: the gradient through a ReLU whose output is `y`, in one
+/// pass shared by the threads.
+fn relu_mask(grad: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let masked = with_slice(&grad.contiguous()?, |g| {
+        with_slice(y, |y| {
+            if g.len() != y.len() {
+                bail!(
+                    "candle-vae-conv: {} gradients for {} outputs",
+                    g.len(),
+                    y.len()
+                )
+            }
+            let mut out = vec![0f32; g.len()];
+            let chunk = g.len().div_ceil(blocks_for(g.len(), 64)).max(1);
+            let tasks: Vec<_> = out.chunks_mut(chunk).enumerate().collect();
+            run_all(tasks, |(i, out)| {
+                let at = i * chunk;
+                let (g, y) = (&g[at..at + out.len()], &y[at..at + out.len()]);
+                for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+                Ok(())
+            })?;
+            Ok(out)
+        })
+    })?;
+    Tensor::from_vec(masked, grad.shape(), &Device::Cpu)
+}
+
 /// ∂x (if asked for), ∂w, ∂b.
 type Gradients = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
 
@@ -572,6 +679,8 @@ struct ConvOp {
     stride: usize,
     padding: usize,
     output_padding: usize,
+    /// A ReLU on the output (forward) and its mask on the output gradient (backward).
+    relu: bool,
 }
 
 impl ConvOp {
@@ -622,7 +731,7 @@ impl CustomOp3 for ConvOp {
         b_l: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = Problem::new(self, x_l.shape().dims4()?, w_l.shape().dims4()?)?;
-        let y = p.forward(slice(x, x_l)?, slice(w, w_l)?, slice(b, b_l)?)?;
+        let y = p.forward(slice(x, x_l)?, slice(w, w_l)?, slice(b, b_l)?, self.relu)?;
         Ok((
             CpuStorage::F32(y),
             Shape::from((p.n, p.out_c, p.y_hw.0, p.y_hw.1)),
@@ -634,11 +743,15 @@ impl CustomOp3 for ConvOp {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let p = Problem::new(self, x.dims4()?, w.dims4()?)?;
-        let grad = grad.contiguous()?;
+        let grad = if self.relu {
+            relu_mask(grad, y)?
+        } else {
+            grad.contiguous()?
+        };
         let need_x = x.track_op();
         let (dx, dw, db) = with_slice(x, |xs| {
             with_slice(w, |ws| with_slice(&grad, |g| p.backward(xs, ws, g, need_x)))

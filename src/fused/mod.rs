@@ -50,7 +50,7 @@
 
 use std::cell::Cell;
 
-pub use conv::{conv_transpose2d, conv2d};
+pub use conv::{conv_transpose2d, conv_transpose2d_activated, conv2d, conv2d_activated};
 
 pub(crate) mod adam;
 mod conv;

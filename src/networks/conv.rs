@@ -285,10 +285,7 @@ impl Encoder for ConvEncoder {
         }
         let mut h = xs.clone();
         for conv in &self.convs {
-            h = self
-                .config
-                .activation
-                .forward(&fused::conv2d(&match_parity(&h)?, conv)?)?;
+            h = fused::conv2d_activated(&match_parity(&h)?, conv, self.config.activation)?;
         }
         let mut h = h.flatten_from(1)?;
         if let Some(hidden) = &self.hidden {
@@ -512,13 +509,16 @@ impl Module for ConvDecoder {
         ))?;
         let last = self.stages.len() - 1;
         for (i, stage) in self.stages.iter().enumerate() {
-            h = fused::conv_transpose2d(&h, &stage.deconv)?;
+            // The activation before the crop: element-wise, it commutes with cropping, and
+            // so it can run inside the fused kernel.
+            h = if i == last {
+                fused::conv_transpose2d(&h, &stage.deconv)?
+            } else {
+                fused::conv_transpose2d_activated(&h, &stage.deconv, activation)?
+            };
             let (th, tw) = stage.target;
             if h.dim(2)? != th || h.dim(3)? != tw {
                 h = h.narrow(2, 0, th)?.narrow(3, 0, tw)?;
-            }
-            if i != last {
-                h = activation.forward(&h)?;
             }
         }
         Ok(h)
