@@ -24,8 +24,9 @@
 //!   allocation, zero-fill and addition fewer per parameter and step).
 //! * **Convolutions**: 2-D convolutions and transposed convolutions as im2col/col2im and
 //!   matrix products, forward and backward (candle 0.11 runs transposed convolutions, and
-//!   so every convolution's backward, as direct loops), threaded over the batch
-//!   ([`ConvEncoder`](crate::ConvEncoder), [`ConvDecoder`](crate::ConvDecoder)).
+//!   so every convolution's backward, as direct loops), threaded over the batch, a ReLU
+//!   after them fused into the same op ([`conv2d_activated`]; used by
+//!   [`ConvEncoder`](crate::ConvEncoder) and [`ConvDecoder`](crate::ConvDecoder)).
 //!
 //! Every kernel is chosen transparently: it runs where it applies (CPU, `f32`, the layouts
 //! it handles) and the plain candle ops run everywhere else (CUDA, Metal, other dtypes),
