@@ -11,8 +11,8 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_vae::data::{Binarization, DataLoader, DataLoaderConfig, Layout, Mnist, Order};
 use candle_vae::viz::{self, GridConfig};
 use candle_vae::{
-    Adam, AdamConfig, CategoricalEncoder, CategoricalEncoderConfig, Dims, ElboLossConfig,
-    EncoderT, GumbelEstimator, ImageShape, Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder,
+    Adam, AdamConfig, CategoricalEncoder, CategoricalEncoderConfig, Dims, ElboLossConfig, EncoderT,
+    GumbelEstimator, ImageShape, Likelihood, MlpDecoder, MlpDecoderConfig, MlpEncoder,
     MlpEncoderConfig, NoiseSource, ParamStore, Prior, RelaxedCategorical, Reparameterize,
     StandardLikelihood, TemperatureSchedule, UniformCategorical, Vae, parse_device,
 };
@@ -127,10 +127,21 @@ fn main() -> Result<()> {
                 vb.pp("dec"),
             )?;
             let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
-            run(&cli, &vae, &params, &train, &test, &device, |_| Ok(()), |vae, xs, noise| {
-                let loss = vae.elbo_loss(ElboLossConfig::default())?;
-                Ok(loss.forward(&vae.forward_t(xs, noise, false)?, xs)?.per_example)
-            })
+            run(
+                &cli,
+                &vae,
+                &params,
+                &train,
+                &test,
+                &device,
+                |_| Ok(()),
+                |vae, xs, noise| {
+                    let loss = vae.elbo_loss(ElboLossConfig::default())?;
+                    Ok(loss
+                        .forward(&vae.forward_t(xs, noise, false)?, xs)?
+                        .per_example)
+                },
+            )
         }
         PosteriorArg::Relaxed | PosteriorArg::StraightThrough => {
             let estimator = if cli.posterior == PosteriorArg::Relaxed {
@@ -195,7 +206,11 @@ fn run<E: EncoderT + Dims, P: Prior>(
     test: &DataLoader,
     device: &Device,
     before_step: impl Fn(usize) -> Result<()>,
-    neg_elbo: impl Fn(&Vae<E, MlpDecoder, StandardLikelihood, P>, &Tensor, &mut NoiseSource) -> Result<Tensor>,
+    neg_elbo: impl Fn(
+        &Vae<E, MlpDecoder, StandardLikelihood, P>,
+        &Tensor,
+        &mut NoiseSource,
+    ) -> Result<Tensor>,
 ) -> Result<()>
 where
     E::Posterior: Reparameterize,
@@ -254,10 +269,21 @@ where
         .binarized(Binarization::Fixed { seed: TEST_SEED })?
         .to_tensor(&idx, Layout::Flat, DType::F32, device)?;
     let shape = ImageShape::new(1, 28, 28);
-    viz::reconstruction_grid(&xs, &vae.reconstruct(&xs)?, shape, &GridConfig::new(10).with_scale(2))?
-        .save_png(cli.out.join("reconstructions.png"))?;
-    let samples = vae.sample(100, DType::F32, device, &mut NoiseSource::new(cli.seed).substream(4))?;
-    viz::image_grid(&samples, shape, &GridConfig::new(10))?.save_png(cli.out.join("samples.png"))?;
+    viz::reconstruction_grid(
+        &xs,
+        &vae.reconstruct(&xs)?,
+        shape,
+        &GridConfig::new(10).with_scale(2),
+    )?
+    .save_png(cli.out.join("reconstructions.png"))?;
+    let samples = vae.sample(
+        100,
+        DType::F32,
+        device,
+        &mut NoiseSource::new(cli.seed).substream(4),
+    )?;
+    viz::image_grid(&samples, shape, &GridConfig::new(10))?
+        .save_png(cli.out.join("samples.png"))?;
     println!("wrote {}", cli.out.display());
     Ok(())
 }

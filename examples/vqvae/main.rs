@@ -8,13 +8,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_vae::data::{DataLoader, DataLoaderConfig, ImageDataset, Layout, Mnist, Olivetti, Order};
+use candle_vae::data::{
+    DataLoader, DataLoaderConfig, ImageDataset, Layout, Mnist, Olivetti, Order,
+};
 use candle_vae::discrete::perplexity;
 use candle_vae::viz::{self, GridConfig};
 use candle_vae::{
-    Adam, AdamConfig, Checkpoint, CodebookUpdate, DeadCodes, ImageShape, NoiseSource,
-    ParamStore, StandardLikelihood, VectorQuantizer, VectorQuantizerConfig, VqConvConfig,
-    VqDecoder, VqEncoder, VqVae, parse_device,
+    Adam, AdamConfig, Checkpoint, CodebookUpdate, DeadCodes, ImageShape, NoiseSource, ParamStore,
+    StandardLikelihood, VectorQuantizer, VectorQuantizerConfig, VqConvConfig, VqDecoder, VqEncoder,
+    VqVae, parse_device,
 };
 use clap::{Parser, ValueEnum};
 use indicatif::ProgressBar;
@@ -113,7 +115,8 @@ fn load(cli: &Cli) -> Result<Data> {
         }
         DatasetArg::Olivetti => {
             let dir = Olivetti::locate(cli.data.as_deref())?;
-            let faces = Olivetti::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+            let faces =
+                Olivetti::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
             Ok(Data {
                 train: faces.train,
                 test: faces.test,
@@ -273,7 +276,9 @@ fn main() -> Result<()> {
     // Pictures: test reconstructions, and what each code decodes to (every position of
     // the grid set to that code).
     let idx: Vec<usize> = (0..30.min(data.test.len())).collect();
-    let xs = data.test.to_tensor(&idx, Layout::Image, DType::F32, &device)?;
+    let xs = data
+        .test
+        .to_tensor(&idx, Layout::Image, DType::F32, &device)?;
     let scale = if data.shape.height < 40 { 2 } else { 1 };
     viz::reconstruction_grid(
         &xs,
