@@ -31,7 +31,7 @@ enum DatasetArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum CodebookArg {
-    /// The codebook loss ‖sg[z_e] − e‖², by gradient descent.
+    /// The codebook loss ‖sg(z_e) − e‖², by gradient descent.
     Gradient,
     /// Exponential moving averages (Razavi et al. 2019), γ = --decay.
     Ema,

@@ -15,7 +15,7 @@ pub enum GumbelEstimator {
     #[default]
     Relaxed,
     /// The one-hot arg-max of ℓ + g in the forward pass, the gradient of the relaxed y in
-    /// the backward pass: z = one_hot + (y − sg[y]) ("Straight-Through Gumbel-Softmax",
+    /// the backward pass: z = one_hot + (y − sg(y)) ("Straight-Through Gumbel-Softmax",
     /// Jang et al. 2017, §2.2).
     StraightThrough,
 }
@@ -423,7 +423,7 @@ impl Reparameterize for RelaxedCategorical {
     }
 
     /// y = softmax((ℓ + g)/τ), or for the straight-through estimator
-    /// one_hot(argmax(ℓ + g)) + (y − sg[y]), exactly one-hot in value.
+    /// one_hot(argmax(ℓ + g)) + (y − sg(y)), exactly one-hot in value.
     fn rsample_with(&self, eps: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.relaxed_log(eps)?.exp()?;
         let z = match self.estimator {

@@ -11,7 +11,7 @@ use crate::noise::NoiseSource;
 /// How the codebook learns.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CodebookUpdate {
-    /// By gradient descent on the codebook loss ‖sg[z_e] − e‖² (van den Oord et al. 2017,
+    /// By gradient descent on the codebook loss ‖sg(z_e) − e‖² (van den Oord et al. 2017,
     /// eq. 3): the codebook is an ordinary parameter the optimiser moves.
     Gradient,
     /// By exponential moving averages (van den Oord et al. 2017, appendix A.1; Razavi et
@@ -152,16 +152,16 @@ impl VectorQuantizerConfig {
 #[derive(Debug, Clone)]
 pub struct Quantized {
     /// The quantised output with the straight-through gradient:
-    /// z_q = sg[e_k] + (z_e − sg[z_e]). Its value is exactly the selected code; its
+    /// z_q = sg(e_k) + (z_e − sg(z_e)). Its value is exactly the selected code; its
     /// gradient with respect to z_e is the identity. The shape of z_e.
     pub z_q: Tensor,
     /// The selected code of each position: `(N,)` for `(N, D)` inputs, `(N, H, W)` for
     /// `(N, D, H, W)`, `u32`.
     pub codes: Tensor,
-    /// ‖sg[z_e] − e‖² per example (summed over positions and channels), `(N,)`: the loss
+    /// ‖sg(z_e) − e‖² per example (summed over positions and channels), `(N,)`: the loss
     /// that moves the codebook (gradient update only).
     pub codebook_loss: Tensor,
-    /// ‖z_e − sg[e]‖² per example, `(N,)`, before β.
+    /// ‖z_e − sg(e)‖² per example, `(N,)`, before β.
     pub commitment_loss: Tensor,
     /// What the quantiser adds to the objective per example, `(N,)`: codebook loss
     /// (gradient update only) + β · commitment loss.
@@ -211,8 +211,8 @@ pub fn perplexity(counts: &[u32]) -> f64 {
 /// k = argmin_j ‖z_e − e_j‖²,   z_q = e_k,
 ///
 /// ties going to the **lowest index** j. The gradient is passed straight through
-/// (∂L/∂z_e = ∂L/∂z_q), and the objective gains the codebook loss ‖sg[z_e] − e_k‖² and
-/// the commitment loss β‖z_e − sg[e_k]‖² (eq. 3), summed over positions and channels per
+/// (∂L/∂z_e = ∂L/∂z_q), and the objective gains the codebook loss ‖sg(z_e) − e_k‖² and
+/// the commitment loss β‖z_e − sg(e_k)‖² (eq. 3), summed over positions and channels per
 /// example.
 ///
 /// With [`CodebookUpdate::Ema`] the codebook follows moving averages instead (Razavi et

@@ -262,7 +262,7 @@ impl Module for VqDecoder {
 ///
 /// The objective (van den Oord et al. 2017, eq. 3) per example is
 ///
-/// L = −log p(x | z_q(x)) + ‖sg[z_e] − e‖² + β ‖z_e − sg[e]‖²
+/// L = −log p(x | z_q(x)) + ‖sg(z_e) − e‖² + β ‖z_e − sg(e)‖²
 ///
 /// (the codebook term only with the gradient codebook update): [`VqVaeOutput::loss`].
 /// With a uniform prior over the K codes at each of the L latent positions, the KL term
@@ -300,9 +300,9 @@ pub struct VqVaeLoss {
     pub loss: Tensor,
     /// −log p(x | z_q), mean over the batch (nats per example).
     pub reconstruction: Tensor,
-    /// ‖sg[z_e] − e‖², mean over the batch (reported for both codebook updates).
+    /// ‖sg(z_e) − e‖², mean over the batch (reported for both codebook updates).
     pub codebook: Tensor,
-    /// ‖z_e − sg[e]‖² before β, mean over the batch.
+    /// ‖z_e − sg(e)‖² before β, mean over the batch.
     pub commitment: Tensor,
     /// −log p(x | z_q) per example, `(N,)`.
     pub reconstruction_per_example: Tensor,
