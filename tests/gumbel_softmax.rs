@@ -507,3 +507,48 @@ fn seeded_categorical_vae_runs_are_identical_and_learn() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn importance_weights_of_a_relaxed_model_are_concrete_densities() -> Result<()> {
+    // The relaxed model of Maddison et al. (2017): posterior Concrete(ℓ, τ), prior
+    // Concrete(uniform, λ); the crate's estimators take both densities from the traits.
+    let (m, c, tau, lambda) = (3, 4, 0.7, 0.5);
+    let params = ParamStore::new(5);
+    let vb = params.var_builder(DType::F64, &CPU);
+    let enc = CategoricalEncoder::new(
+        &CategoricalEncoderConfig::new(10, &[16], m, c).with_temperature(tau),
+        vb.pp("enc"),
+    )?;
+    let dec = MlpDecoder::new(&MlpDecoderConfig::new(m * c, &[16], 10), vb.pp("dec"))?;
+    let prior = UniformCategorical::new(m, c)?.with_temperature(lambda)?;
+    let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?.with_prior(prior)?;
+    let mut noise = NoiseSource::new(6);
+    let xs = noise
+        .uniform((5, 10), DType::F64, &CPU)?
+        .ge(0.5)?
+        .to_dtype(DType::F64)?;
+    let out = vae.forward_samples_t(&xs, 4, &mut noise, false)?;
+    let log_w = values(&candle_vae::estimate::log_importance_weights(&out, &xs)?)?;
+
+    // By hand: y from the noise, ln y by log-softmax, both Concrete densities.
+    let logits = vae.encoder().logits(&xs)?.reshape((1, 5, m, c))?;
+    let log_y = candle_nn::ops::log_softmax(
+        &((out.eps.reshape((4, 5, m, c))?.broadcast_add(&logits)?) / tau)?,
+        D::Minus1,
+    )?;
+    let log_q = concrete_log_density(&logits, &log_y, tau)?;
+    let log_p = concrete_log_density(&log_y.zeros_like()?, &log_y, lambda)?;
+    let rec = out.reconstruction_log_prob(&xs)?;
+    let expected = values(&((rec + log_p)? - log_q)?)?;
+    assert_all_close("log w", &log_w, &expected, 1e-8)?;
+    ensure!(log_w.iter().all(|w| w.is_finite()));
+
+    // The Monte-Carlo KL of ElboLoss is the mean of log q − log p over the samples.
+    let loss = vae.elbo_loss(
+        ElboLossConfig::default().with_kl_estimator(candle_vae::KlEstimator::MonteCarlo),
+    )?;
+    let elbo = loss.forward(&out, &xs)?;
+    let kl_by_hand = values(&(out.posterior_log_prob()? - out.prior_log_prob()?)?.mean_all()?)?[0];
+    assert_close("Monte-Carlo KL", scalar(&elbo.kl)?, kl_by_hand, 1e-8)?;
+    Ok(())
+}
