@@ -103,6 +103,24 @@ pub enum Error {
         posterior: &'static str,
     },
 
+    /// A categorical latent's width is not groups × classes (M·C).
+    #[error(
+        "{op}: a latent of {groups} categorical variables with {classes} classes each \
+         has width {groups}·{classes} = {expected}, found width {found}"
+    )]
+    CategoricalWidth {
+        /// The operation, e.g. `RelaxedCategorical::new`.
+        op: &'static str,
+        /// M, the number of categorical variables.
+        groups: usize,
+        /// C, the classes of each.
+        classes: usize,
+        /// M·C.
+        expected: usize,
+        /// The width that arrived.
+        found: usize,
+    },
+
     /// A checkpoint lacks a tensor the model needs.
     #[error("checkpoint {path}: tensor `{name}` is missing")]
     MissingTensor {

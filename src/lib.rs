@@ -19,6 +19,9 @@
 //! * [`Vae`] and [`ConditionalVae`] compose them; [`ElboLoss`] scores a pass (β, free bits,
 //!   KL warm-up); [`estimate`] has the IWAE bound, the importance-sampled log-likelihood and
 //!   active units.
+//! * Discrete latents ([`discrete`]): [`VectorQuantizer`] and [`VqVae`] (VQ-VAE, with the
+//!   EMA codebook), and the Gumbel-softmax [`RelaxedCategorical`] posterior with the
+//!   [`UniformCategorical`] prior.
 //! * [`ParamStore`] initialises parameters from a seed; [`Adam`] matches PyTorch;
 //!   [`Checkpoint`] saves both to safetensors atomically. Checkpoints and resume also take
 //!   candle's `VarMap` ([`Parameters`]) and any optimiser with state ([`OptimizerState`]);
@@ -92,6 +95,8 @@ pub mod networks;
 
 pub mod vae;
 
+pub mod discrete;
+
 pub mod objective;
 
 pub mod train;
@@ -111,6 +116,11 @@ pub use checkpoint::Checkpoint;
 pub use component::{Decoder, Dims, Encoder, EncoderT};
 pub use conv::{ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig};
 pub use device::{best_device, parse_device};
+pub use discrete::{
+    CategoricalEncoder, CategoricalEncoderConfig, CodebookUpdate, DeadCodes, GumbelEstimator,
+    Quantized, RelaxedCategorical, TemperatureSchedule, UniformCategorical, VectorQuantizer,
+    VectorQuantizerConfig, VqConvConfig, VqDecoder, VqEncoder, VqVae, VqVaeLoss, VqVaeOutput,
+};
 pub use distribution::DiagonalGaussian;
 pub use error::{Error, IdxProblem, MAX_ELEMENTS, NonFinitePart, Result};
 pub use estimate::{ActiveUnits, ImportanceSamplingConfig};

@@ -20,6 +20,9 @@ const RANKS: &[(&str, u32)] = &[
     ("probability", 3),
     ("networks", 4),
     ("vae", 4),
+    // Uses networks and vae (rank 4), so one above them; beside objective, so it may
+    // not use objective (or train).
+    ("discrete", 5),
     ("objective", 5),
     ("train", 6),
 ];

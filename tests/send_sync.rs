@@ -13,12 +13,34 @@ use candle_vae::{
     MlpDecoder, MlpDecoderConfig, MlpEncoder, MlpEncoderConfig, NoiseSource, NoiseState,
     ParamStore, Reduction, StandardLikelihood, StandardNormal, Vae, VaeOutput, WeightDecay,
 };
+use candle_vae::{
+    CategoricalEncoder, CategoricalEncoderConfig, CodebookUpdate, DeadCodes, GumbelEstimator,
+    Quantized, RelaxedCategorical, TemperatureSchedule, UniformCategorical, VectorQuantizer,
+    VectorQuantizerConfig, VqConvConfig, VqDecoder, VqEncoder, VqVae, VqVaeLoss, VqVaeOutput,
+};
 use common::{CPU, assert_bit_identical, mlp_vae};
 
 const fn assert_send_sync<T: Send + Sync>() {}
 
 // Compile-time: this fails to build if any type loses Send or Sync.
 const _: () = {
+    assert_send_sync::<CategoricalEncoder>();
+    assert_send_sync::<CategoricalEncoderConfig>();
+    assert_send_sync::<CodebookUpdate>();
+    assert_send_sync::<DeadCodes>();
+    assert_send_sync::<GumbelEstimator>();
+    assert_send_sync::<Quantized>();
+    assert_send_sync::<RelaxedCategorical>();
+    assert_send_sync::<TemperatureSchedule>();
+    assert_send_sync::<UniformCategorical>();
+    assert_send_sync::<VectorQuantizer>();
+    assert_send_sync::<VectorQuantizerConfig>();
+    assert_send_sync::<VqConvConfig>();
+    assert_send_sync::<VqVae<VqEncoder, VqDecoder, StandardLikelihood>>();
+    assert_send_sync::<VqVaeLoss>();
+    assert_send_sync::<VqVaeOutput<'static, StandardLikelihood>>();
+    assert_send_sync::<Vae<CategoricalEncoder, MlpDecoder, StandardLikelihood, UniformCategorical>>(
+    );
     assert_send_sync::<ActiveUnits>();
     assert_send_sync::<Activation>();
     assert_send_sync::<Adam>();
