@@ -63,6 +63,35 @@ fn compare(
     Ok(())
 }
 
+/// The kernel alone and followed by an activation, against candle's layer: alone, and
+/// with a ReLU inside the kernel (value and its masked gradient), against `compare`; with
+/// any other activation, exactly the kernel's output activated.
+fn compare_with_activations(
+    name: &str,
+    [x, w, b]: [&Var; 3],
+    activated: impl Fn(&Tensor, Activation) -> candle_core::Result<Tensor>,
+    fused_forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    plain_forward: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result {
+    compare(name, x, w, b, &fused_forward, &plain_forward)?;
+    compare(
+        &format!("{name} + relu"),
+        x,
+        w,
+        b,
+        |x| activated(x, Activation::Relu),
+        |x| plain_forward(x)?.relu(),
+    )?;
+    let tanh = activated(x.as_tensor(), Activation::Tanh)?;
+    let after = fused_forward(x.as_tensor())?.tanh()?;
+    assert_eq!(
+        common::values(&tanh)?,
+        common::values(&after)?,
+        "{name} + tanh: not tanh of the kernel's output"
+    );
+    Ok(())
+}
+
 #[test]
 fn fused_conv2d_matches_candle_values_and_gradients() -> Result {
     // (batch, in, height, width, out, kernel (h, w), stride, padding): the encoder stages of
@@ -109,31 +138,13 @@ fn fused_conv2d_matches_candle_values_and_gradients() -> Result {
             config,
         );
         let name = format!("conv2d {:?}", cases[i]);
-        compare(
+        compare_with_activations(
             &name,
-            &x,
-            &weight,
-            &bias,
+            [&x, &weight, &bias],
+            |x, activation| fused::conv2d_activated(x, &layer, activation),
             |x| fused::conv2d(x, &layer),
             |x| layer.forward(x),
         )?;
-        // With the activation: a ReLU inside the kernel (value and its masked gradient),
-        // anything else through candle after it.
-        compare(
-            &format!("{name} + relu"),
-            &x,
-            &weight,
-            &bias,
-            |x| fused::conv2d_activated(x, &layer, Activation::Relu),
-            |x| layer.forward(x)?.relu(),
-        )?;
-        let tanh = fused::conv2d_activated(x.as_tensor(), &layer, Activation::Tanh)?;
-        let after = fused::conv2d(x.as_tensor(), &layer)?.tanh()?;
-        assert_eq!(
-            common::values(&tanh)?,
-            common::values(&after)?,
-            "{name} + tanh: not tanh of the kernel's output"
-        );
     }
     Ok(())
 }
@@ -187,31 +198,13 @@ fn fused_conv_transpose2d_matches_candle_values_and_gradients() -> Result {
             config,
         );
         let name = format!("conv_transpose2d {:?}", cases[i]);
-        compare(
+        compare_with_activations(
             &name,
-            &x,
-            &weight,
-            &bias,
+            [&x, &weight, &bias],
+            |x, activation| fused::conv_transpose2d_activated(x, &layer, activation),
             |x| fused::conv_transpose2d(x, &layer),
             |x| layer.forward(x),
         )?;
-        // With the activation: a ReLU inside the kernel (value and its masked gradient),
-        // anything else through candle after it.
-        compare(
-            &format!("{name} + relu"),
-            &x,
-            &weight,
-            &bias,
-            |x| fused::conv_transpose2d_activated(x, &layer, Activation::Relu),
-            |x| layer.forward(x)?.relu(),
-        )?;
-        let tanh = fused::conv_transpose2d_activated(x.as_tensor(), &layer, Activation::Tanh)?;
-        let after = fused::conv_transpose2d(x.as_tensor(), &layer)?.tanh()?;
-        assert_eq!(
-            common::values(&tanh)?,
-            common::values(&after)?,
-            "{name} + tanh: not tanh of the kernel's output"
-        );
     }
     Ok(())
 }

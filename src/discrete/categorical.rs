@@ -15,6 +15,7 @@ use crate::discrete::gumbel::{
 use crate::error::{Error, ensure, ensure_layer};
 use crate::fused::linear as fused;
 use crate::layers::linear;
+use crate::networks::mlp::{hidden_layers, through_hidden};
 use crate::noise::NoiseSource;
 use crate::ops::Activation;
 use crate::prior::{Prior, check_latent};
@@ -135,12 +136,7 @@ impl CategoricalEncoder {
     /// parameters cannot be created.
     pub fn new(config: &CategoricalEncoderConfig, vb: VarBuilder) -> crate::Result<Self> {
         config.validate()?;
-        let mut hidden = Vec::with_capacity(config.hidden.len());
-        let mut width = config.input_dim;
-        for (i, &h) in config.hidden.iter().enumerate() {
-            hidden.push(linear(width, h, vb.pp(format!("fc{}", i + 1)))?);
-            width = h;
-        }
+        let (hidden, width) = hidden_layers(config.input_dim, &config.hidden, 1, &vb)?;
         let logits = linear(width, config.groups * config.classes, vb.pp("logits"))?;
         Ok(Self {
             hidden,
@@ -187,10 +183,7 @@ impl CategoricalEncoder {
             )
             .into());
         }
-        let mut h = xs.flatten_from(1)?;
-        for layer in &self.hidden {
-            h = fused::linear(&h, layer, Some(self.config.activation))?;
-        }
+        let h = through_hidden(xs.flatten_from(1)?, &self.hidden, self.config.activation)?;
         fused::linear(&h, &self.logits, None)
     }
 }

@@ -19,6 +19,42 @@ use crate::fused::linear as fused;
 use crate::layers::{Activation, linear};
 use crate::networks::architecture::Architecture;
 
+/// The hidden layers `input → widths[0] → widths[1] → …`, named `fc{first}`,
+/// `fc{first + 1}`, … under `vb`; with the width of the last one (`input` if there is none).
+///
+/// # Errors
+/// If the parameters cannot be created or have another shape in `vb`'s store.
+pub(crate) fn hidden_layers(
+    input: usize,
+    widths: &[usize],
+    first: usize,
+    vb: &VarBuilder,
+) -> candle_core::Result<(Vec<Linear>, usize)> {
+    let mut layers = Vec::with_capacity(widths.len());
+    let mut width = input;
+    for (i, &h) in widths.iter().enumerate() {
+        layers.push(linear(width, h, vb.pp(format!("fc{}", first + i)))?);
+        width = h;
+    }
+    Ok((layers, width))
+}
+
+/// `h` through `layers`, each followed by `activation` (the fused linear kernel where it
+/// applies).
+///
+/// # Errors
+/// If `h` does not fit the first layer.
+pub(crate) fn through_hidden(
+    mut h: Tensor,
+    layers: &[Linear],
+    activation: Activation,
+) -> candle_core::Result<Tensor> {
+    for layer in layers {
+        h = fused::linear(&h, layer, Some(activation))?;
+    }
+    Ok(h)
+}
+
 /// Configuration of an [`MlpEncoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MlpEncoderConfig {
@@ -116,12 +152,7 @@ impl MlpEncoder {
     /// exists in `vb` with another shape.
     pub fn new(config: &MlpEncoderConfig, vb: VarBuilder) -> crate::Result<Self> {
         config.validate()?;
-        let mut hidden = Vec::with_capacity(config.hidden.len());
-        let mut width = config.input_dim;
-        for (i, &h) in config.hidden.iter().enumerate() {
-            hidden.push(linear(width, h, vb.pp(format!("fc{}", i + 1)))?);
-            width = h;
-        }
+        let (hidden, width) = hidden_layers(config.input_dim, &config.hidden, 1, &vb)?;
         let head = config.hidden.len() + 1;
         Ok(Self {
             mean: linear(width, config.latent_dim, vb.pp(format!("fc{head}1")))?,
@@ -160,10 +191,7 @@ impl Encoder for MlpEncoder {
             )
             .into());
         }
-        let mut h = xs.flatten_from(1)?;
-        for layer in &self.hidden {
-            h = fused::linear(&h, layer, Some(self.config.activation))?;
-        }
+        let h = through_hidden(xs.flatten_from(1)?, &self.hidden, self.config.activation)?;
         DiagonalGaussian::new(
             fused::linear(&h, &self.mean, None)?,
             fused::linear(&h, &self.log_var, None)?,
@@ -309,12 +337,7 @@ impl MlpDecoder {
     pub fn new(config: &MlpDecoderConfig, vb: VarBuilder) -> crate::Result<Self> {
         config.validate()?;
         let first = config.hidden.len() + 2;
-        let mut hidden = Vec::with_capacity(config.hidden.len());
-        let mut width = config.latent_dim;
-        for (i, &h) in config.hidden.iter().enumerate() {
-            hidden.push(linear(width, h, vb.pp(format!("fc{}", first + i)))?);
-            width = h;
-        }
+        let (hidden, width) = hidden_layers(config.latent_dim, &config.hidden, first, &vb)?;
         let output = linear(
             width,
             config.params_per_element * config.output_dim,
@@ -349,10 +372,7 @@ impl Module for MlpDecoder {
             )
             .into());
         }
-        let mut h = z.clone();
-        for layer in &self.hidden {
-            h = fused::linear(&h, layer, Some(self.config.activation))?;
-        }
+        let h = through_hidden(z.clone(), &self.hidden, self.config.activation)?;
         fused::linear(&h, &self.output, None)
     }
 }
