@@ -100,12 +100,12 @@ pub fn conv2d_activated(
     layer: &Conv2d,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
-    if activation == Activation::Relu
-        && let Some(y) = conv2d_fused(x, layer, true)?
-    {
-        return Ok(y);
+    let relu = activation == Activation::Relu;
+    match conv2d_fused(x, layer, relu)? {
+        Some(y) if relu => Ok(y),
+        Some(y) => activation.forward(&y),
+        None => activation.forward(&layer.forward(x)?),
     }
-    activation.forward(&conv2d(x, layer)?)
 }
 
 /// The fused `conv2d` (with a ReLU if `relu`), or `None` where it does not apply.
@@ -159,12 +159,12 @@ pub fn conv_transpose2d_activated(
     layer: &ConvTranspose2d,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
-    if activation == Activation::Relu
-        && let Some(y) = conv_transpose2d_fused(x, layer, true)?
-    {
-        return Ok(y);
+    let relu = activation == Activation::Relu;
+    match conv_transpose2d_fused(x, layer, relu)? {
+        Some(y) if relu => Ok(y),
+        Some(y) => activation.forward(&y),
+        None => activation.forward(&layer.forward(x)?),
     }
-    activation.forward(&conv_transpose2d(x, layer)?)
 }
 
 /// The fused `conv_transpose2d` (with a ReLU if `relu`), or `None` where it does not apply.
