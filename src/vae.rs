@@ -382,7 +382,11 @@ where
         self.run(xs, None, Eps::Given(eps), train)
     }
 
-    fn encoder_input(&self, xs: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub(crate) fn encoder_input(
+        &self,
+        xs: &Tensor,
+        cond: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (Some(cond), Some(condition)) = (cond, self.condition) else {
             return Ok(xs.clone());
         };
@@ -422,6 +426,26 @@ where
             Eps::Given(eps) => eps.clone(),
         };
         let z = posterior.rsample_with(&eps)?;
+        let params = self.decode_samples(&z, xs, cond, train)?;
+        Ok(VaeOutput {
+            posterior,
+            eps,
+            z,
+            params,
+            likelihood: &self.likelihood,
+            prior: &self.prior,
+        })
+    }
+
+    /// The likelihood parameters of the samples `z` (`(N, D)` or `(K, N, D)`) of a
+    /// posterior over `xs`, in the data's layout (see [`VaeOutput::params`]).
+    pub(crate) fn decode_samples(
+        &self,
+        z: &Tensor,
+        xs: &Tensor,
+        cond: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let samples = if z.rank() == 3 { Some(z.dim(0)?) } else { None };
         let flat_z = match samples {
             Some(k) => z.reshape((k * z.dim(1)?, z.dim(D::Minus1)?))?,
@@ -439,15 +463,7 @@ where
             None => flat_z,
         };
         let raw = self.decoder.forward_t(&decoder_input, train)?;
-        let params = self.to_data_layout(&raw, xs, samples)?;
-        Ok(VaeOutput {
-            posterior,
-            eps,
-            z,
-            params,
-            likelihood: &self.likelihood,
-            prior: &self.prior,
-        })
+        self.to_data_layout(&raw, xs, samples)
     }
 
     /// Reshapes the decoder output to `([K,] N, P·C, …)` for data `xs` of shape `(N, C, …)`.

@@ -301,6 +301,32 @@ fn exact_posterior_gives_exact_weights() -> Result<()> {
     Ok(())
 }
 
+device_test!(log_likelihood_in_blocks_keeps_every_example_in_place);
+fn log_likelihood_in_blocks_keeps_every_example_in_place() -> Result<()> {
+    // log_likelihood cuts the batch into blocks of images so that one pass holds at most
+    // 2^21 likelihood parameters: with DATA = 4 values per image and 13,107 samples per
+    // pass, a block is 40 images, so 100 images go through as 40 + 40 + 20. With the
+    // exact posterior every weight is p(x), so each estimate must be its own image's
+    // log p(x) to rounding, in the input's order.
+    let model = Ppca::orthogonal();
+    let vae = model.vae(FixedEncoder::exact(&model)?)?;
+    let rows = model.sample(100, 21)?;
+    let xs = batch(&rows)?;
+    let chunk = (1 << 21) / (DATA * 40);
+    let est = log_likelihood(
+        &vae,
+        &xs,
+        &ImportanceSamplingConfig::new(chunk + 7).with_chunk_size(chunk),
+        &mut NoiseSource::new(22),
+    )?;
+    assert_eq!(est.dims(), &[100]);
+    let exact: Vec<f64> = rows
+        .iter()
+        .map(|x| model.log_px(x))
+        .collect::<Result<_>>()?;
+    assert_all_close("log p(x), in blocks", &values(&est)?, &exact, 1e-10)
+}
+
 device_test!(importance_sampling_matches_closed_form_log_likelihood);
 fn importance_sampling_matches_closed_form_log_likelihood() -> Result<()> {
     let model = Ppca::general();

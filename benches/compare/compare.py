@@ -10,6 +10,7 @@ ratio of the medians (candle / PyTorch) and the median of the per-round ratios, 
 Workloads (pick with --what, default all):
   train   one epoch of MNIST, the pytorch/examples VAE (peer_torch_vae.py)
   nll     importance-sampled log p(x), K = 1000, 1,000 test images (peer_torch_extra.py)
+  nll_blocked  the same, PyTorch also in candle-vae's blocks of 26 images per pass
   conv28  40 steps of a conv VAE on MNIST, batch 128 (peer_torch_extra.py)
   conv64  20 steps of a conv VAE on 3x64x64 noise, batch 64 (peer_torch_extra.py)
 
@@ -123,6 +124,11 @@ def main():
         "nll": ([binary, "nll", "--data", data],
                 [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "nll", "--data", data]
                 + torch_threads),
+        # The same K and chunks, PyTorch in candle-vae's blocks of images (26 at a chunk
+        # of 100: log_likelihood's 8 MiB of logits per pass) instead of all at once.
+        "nll_blocked": ([binary, "nll", "--data", data],
+                        [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "nll", "--data",
+                         data, "--block-images", "26"] + torch_threads),
         "conv28": ([binary, "conv", "--data", data, "--size", "28", "--steps", "40"],
                    [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "conv", "--data", data,
                     "--size", "28", "--steps", "40"] + torch_threads),

@@ -72,8 +72,11 @@ where
 pub struct ImportanceSamplingConfig {
     /// K, importance samples per example (5,000 in Burda et al. 2015).
     pub samples: usize,
-    /// Samples per forward pass. Memory grows with `chunk_size × N × (decoder widths)`;
-    /// the result does not depend on it beyond floating-point rounding.
+    /// Samples per forward pass. [`log_likelihood`] also cuts the images into blocks that
+    /// keep a pass within 2^21 likelihood parameters (at least one image per block);
+    /// [`log_likelihood_with`] and [`train::importance_sampled`](crate::train::importance_sampled)
+    /// pass `chunk_size × N` rows of their batch at once. The estimate depends on it
+    /// through its random draws only.
     pub chunk_size: usize,
 }
 
@@ -119,6 +122,12 @@ impl ImportanceSamplingConfig {
 /// log (1/K) Σ_k p(x, z_k) / q(z_k|x) with z_k ~ q(z|x), computed in chunks of samples
 /// so that K = 5,000 fits in memory. The model runs in evaluation mode.
 ///
+/// The images go through in blocks, each encoded once and then decoded `chunk_size`
+/// samples at a time, with blocks small enough that one pass's likelihood parameters fit
+/// in 8 MiB: the cache-sized passes run 1.6× faster than one pass over all images. The
+/// noise is drawn block by block, so the estimate depends on `chunk_size` and N through
+/// its random draws only.
+///
 /// # Shapes
 /// `xs`: `(N, …)` → `(N,)` in `f64`.
 ///
@@ -136,10 +145,39 @@ where
     L: Likelihood,
     P: Prior,
 {
-    log_likelihood_with(config, noise, |k, noise| {
-        let out = vae.forward_samples_t(xs, k, noise, false)?;
-        log_importance_weights(&out, xs)
-    })
+    config.validate()?;
+    let n = xs.dim(0)?;
+    if n == 0 {
+        return Ok(Tensor::zeros(0, DType::F64, &Device::Cpu)?);
+    }
+    let per_sample = xs.elem_count() / n * vae.likelihood().params_per_element();
+    let per_block = images_per_block(n, per_sample, config.chunk_size);
+    let mut blocks = Vec::with_capacity(n.div_ceil(per_block));
+    for first in (0..n).step_by(per_block) {
+        let block = xs.narrow(0, first, per_block.min(n - first))?;
+        let posterior = vae.encoder().encode_t(&block, false)?;
+        blocks.push(log_likelihood_with(config, noise, |k, noise| {
+            let eps = posterior.draw_noise(Some(k), noise)?;
+            let z = posterior.rsample_with(&eps)?;
+            let params = vae.decode_samples(&z, &block, None, false)?;
+            (vae.likelihood().log_prob(&block, &params)? + vae.prior().log_prob(&z)?)?
+                - posterior.log_prob_of_sample(&eps, &z)?
+        })?);
+    }
+    Ok(Tensor::cat(&blocks, 0)?)
+}
+
+/// Likelihood parameters per decoder pass of [`log_likelihood`], at most (8 MiB in `f32`,
+/// 2,674 rows of MNIST logits): a pass's activations then stay in the last-level cache
+/// instead of streaming hundreds of megabytes through memory, which made the estimate 1.6×
+/// faster (docs/PERFORMANCE.md §2b).
+const VALUES_PER_PASS: usize = 1 << 21;
+
+/// Images per block of [`log_likelihood`] out of `n`: as many as keep `chunk_size`
+/// samples of `per_sample` likelihood parameters each within [`VALUES_PER_PASS`], at
+/// least one.
+fn images_per_block(n: usize, per_sample: usize, chunk_size: usize) -> usize {
+    (VALUES_PER_PASS / (per_sample.max(1) * chunk_size.max(1))).clamp(1, n.max(1))
 }
 
 /// [`log_likelihood`] for any model: `log_weights(k, noise)` returns the `(k, N)` log
