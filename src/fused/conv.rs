@@ -43,31 +43,57 @@ use crate::ops::Activation;
 const MIN_COLS: usize = 256;
 
 thread_local! {
-    /// Each thread's patch and channel-matrix buffers, kept from call to call: a step of
-    /// a convolutional VAE otherwise allocates and frees them in every layer, forward and
-    /// backward, and each fresh allocation of that size costs the kernel's page faults
-    /// (it zeroes every page on first touch).
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Each thread's patch-matrix, channel-matrix and phase-row buffers, kept from call to
+    /// call: a step of a convolutional VAE otherwise allocates and frees them in every
+    /// layer, forward and backward, and each fresh allocation of that size costs the
+    /// kernel's page faults (it zeroes every page on first touch).
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
 }
 
-/// Runs `f` on this thread's scratch buffers, grown to `col_len` and `mat_len` elements.
-/// Their contents are left from earlier calls: `f` must write every element it reads.
+/// A thread's buffers for the patch matrix, a channel matrix and an image's phase rows.
+struct Scratch {
+    col: Vec<f32>,
+    mat: Vec<f32>,
+    phases: Vec<f32>,
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Self {
+            col: Vec::new(),
+            mat: Vec::new(),
+            phases: Vec::new(),
+        }
+    }
+}
+
+/// Runs `f` on this thread's scratch buffers, grown to `col_len`, `mat_len` and
+/// `phases_len` elements. Their contents are left from earlier calls: `f` must write
+/// every element it reads.
 fn with_scratch<T>(
     col_len: usize,
     mat_len: usize,
-    f: impl FnOnce(&mut [f32], &mut [f32]) -> T,
+    phases_len: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> T,
 ) -> T {
     // Taken out for the call and put back after, so that a nested call (none today) would
     // get fresh buffers instead of a borrow error.
-    let (mut col, mut mat) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    if col.len() < col_len {
-        col.resize(col_len, 0.0);
+    let mut scratch = SCRATCH.with(|s| std::mem::replace(&mut *s.borrow_mut(), Scratch::new()));
+    for (buffer, len) in [
+        (&mut scratch.col, col_len),
+        (&mut scratch.mat, mat_len),
+        (&mut scratch.phases, phases_len),
+    ] {
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
     }
-    if mat.len() < mat_len {
-        mat.resize(mat_len, 0.0);
-    }
-    let out = f(&mut col[..col_len], &mut mat[..mat_len]);
-    SCRATCH.with(|s| *s.borrow_mut() = (col, mat));
+    let out = f(
+        &mut scratch.col[..col_len],
+        &mut scratch.mat[..mat_len],
+        &mut scratch.phases[..phases_len],
+    );
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
     out
 }
 
@@ -242,27 +268,83 @@ impl Geometry {
         (lo.min(hi), hi)
     }
 
-    /// Calls `f(row of the patch matrix, source row of the image or None, lo, hi, offset)`
-    /// for every grid row of every kernel tap, where grid column gx ∈ `lo..hi` reads image
-    /// column gx·s + k₂ − p.
-    fn for_each_segment(
-        &self,
-        mut f: impl FnMut(usize, usize, Option<usize>, usize, usize, usize),
-    ) {
-        let (h, w, s, p) = (self.height, self.width, self.stride, self.padding);
+    /// Width of a phase row (see [`split_phases`](Self::split_phases)): the grid's width
+    /// plus the kernel's reach in whole strides.
+    fn phase_width(&self) -> usize {
+        self.grid_w + (self.k_w - 1) / self.stride
+    }
+
+    /// Length of an image's phase rows: `stride` of them per image row.
+    fn phases_len(&self) -> usize {
+        self.channels * self.height * self.stride * self.phase_width()
+    }
+
+    /// Splits every row of `image` by column phase, zero-padded: phase row `(c, r, φ)`
+    /// holds the padded row's columns φ, φ + s, φ + 2s, …, so that a kernel tap `k₂`
+    /// reads `phase_width()`-long contiguous runs at phase `k₂ mod s`, offset `k₂ div s`,
+    /// where the image itself would be read with a stride. (For a 4×4 kernel of stride 2
+    /// this is the space-to-depth view in which the convolution is a 2×2 one of stride 1.)
+    fn split_phases(&self, image: &[f32], phases: &mut [f32]) {
+        let (w, s, pw) = (self.width, self.stride, self.phase_width());
+        let rows = image.chunks_exact(w).zip(phases.chunks_exact_mut(s * pw));
+        for (row, out) in rows {
+            for (phase, out) in out.chunks_exact_mut(pw).enumerate() {
+                let (lo, hi, first) = self.phase_inside(phase);
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                let inside = row[first..].iter().step_by(s);
+                for (o, v) in out[lo..hi].iter_mut().zip(inside) {
+                    *o = *v;
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`split_phases`](Self::split_phases): `image` += the phase rows put
+    /// back in place (padding dropped).
+    fn merge_phases_add(&self, phases: &[f32], image: &mut [f32]) {
+        let (w, s, pw) = (self.width, self.stride, self.phase_width());
+        let rows = image.chunks_exact_mut(w).zip(phases.chunks_exact(s * pw));
+        for (row, from) in rows {
+            for (phase, from) in from.chunks_exact(pw).enumerate() {
+                let (lo, hi, first) = self.phase_inside(phase);
+                let inside = row[first..].iter_mut().step_by(s);
+                for (d, v) in inside.zip(&from[lo..hi]) {
+                    *d += *v;
+                }
+            }
+        }
+    }
+
+    /// The positions `lo..hi` of a phase row whose padded column v·s + `phase` lies inside
+    /// the image, and the image column of the first (0 when there is none).
+    fn phase_inside(&self, phase: usize) -> (usize, usize, usize) {
+        let (w, s, p, pw) = (self.width, self.stride, self.padding, self.phase_width());
+        let lo = p.saturating_sub(phase).div_ceil(s);
+        let hi = (w + p).saturating_sub(phase).div_ceil(s).min(pw);
+        if lo >= hi {
+            return (0, 0, 0);
+        }
+        (lo, hi, lo * s + phase - p)
+    }
+
+    /// Calls `f(row of the patch matrix, grid row, start in the phase rows or None)` for
+    /// every grid row of every kernel tap: the patch matrix's segment of `grid_w` values
+    /// is the phase rows' run from that start, or zeros where the tap's image row is
+    /// outside the image.
+    fn for_each_segment(&self, mut f: impl FnMut(usize, usize, Option<usize>)) {
+        let (h, s, p, pw) = (self.height, self.stride, self.padding, self.phase_width());
         let mut row = 0;
         for c in 0..self.channels {
             for ki in 0..self.k_h {
                 let (y_lo, y_hi) = self.valid(ki, h, self.grid_h);
                 for kj in 0..self.k_w {
-                    let (x_lo, x_hi) = self.valid(kj, w, self.grid_w);
+                    let (phase, shift) = (kj % s, kj / s);
                     for gy in 0..self.grid_h {
                         let src = (y_lo..y_hi)
                             .contains(&gy)
-                            .then(|| (c * h + gy * s + ki - p) * w);
-                        // Image column of grid column x_lo (only used when x_lo < x_hi).
-                        let first = (x_lo * s + kj).saturating_sub(p);
-                        f(row, gy, src, x_lo, x_hi, first);
+                            .then(|| ((c * h + gy * s + ki - p) * s + phase) * pw + shift);
+                        f(row, gy, src);
                     }
                     row += 1;
                 }
@@ -271,51 +353,43 @@ impl Geometry {
     }
 
     /// Columns `offset..offset + cols()` of the row-major matrix `col` with rows of `ld`
-    /// ← the patch matrix of `image`.
-    fn im2col(&self, image: &[f32], col: &mut [f32], ld: usize, offset: usize) {
-        let (gw, s) = (self.grid_w, self.stride);
-        self.for_each_segment(|row, gy, src, lo, hi, first| {
+    /// ← the patch matrix of `image` (`phases`: scratch of `phases_len()`).
+    fn im2col(&self, image: &[f32], phases: &mut [f32], col: &mut [f32], ld: usize, offset: usize) {
+        self.split_phases(image, phases);
+        let gw = self.grid_w;
+        self.for_each_segment(|row, gy, src| {
             let start = row * ld + offset + gy * gw;
             let out = &mut col[start..start + gw];
-            let Some(src) = src.filter(|_| lo < hi) else {
-                out.fill(0.0);
-                return;
-            };
-            out[..lo].fill(0.0);
-            out[hi..].fill(0.0);
-            let out = &mut out[lo..hi];
-            let src = &image[src + first..];
-            if s == 1 {
-                out.copy_from_slice(&src[..out.len()]);
-            } else {
-                for (o, v) in out.iter_mut().zip(src.iter().step_by(s)) {
-                    *o = *v;
-                }
+            match src {
+                Some(src) => out.copy_from_slice(&phases[src..src + gw]),
+                None => out.fill(0.0),
             }
         });
     }
 
     /// `image` ← `image` + the patches in columns `offset..offset + cols()` of `col` (rows
-    /// of `ld`) put back in place (the adjoint of [`im2col`](Self::im2col)).
-    fn col2im_add(&self, col: &[f32], ld: usize, offset: usize, image: &mut [f32]) {
-        let (gw, s) = (self.grid_w, self.stride);
-        self.for_each_segment(|row, gy, src, lo, hi, first| {
-            let Some(dst) = src.filter(|_| lo < hi) else {
-                return;
-            };
-            let start = row * ld + offset + gy * gw;
-            let from = &col[start + lo..start + hi];
-            let dst = &mut image[dst + first..];
-            if s == 1 {
-                for (d, v) in dst.iter_mut().zip(from) {
-                    *d += *v;
-                }
-            } else {
-                for (d, v) in dst.iter_mut().step_by(s).zip(from) {
+    /// of `ld`) put back in place (the adjoint of [`im2col`](Self::im2col); `phases`:
+    /// scratch of `phases_len()`).
+    fn col2im_add(
+        &self,
+        col: &[f32],
+        ld: usize,
+        offset: usize,
+        phases: &mut [f32],
+        image: &mut [f32],
+    ) {
+        phases.fill(0.0);
+        let gw = self.grid_w;
+        self.for_each_segment(|row, gy, src| {
+            if let Some(src) = src {
+                let start = row * ld + offset + gy * gw;
+                let from = &col[start..start + gw];
+                for (d, v) in phases[src..src + gw].iter_mut().zip(from) {
                     *d += *v;
                 }
             }
         });
+        self.merge_phases_add(phases, image);
     }
 }
 
@@ -442,60 +516,65 @@ impl Problem {
         let tasks: Vec<_> = y.chunks_mut(per_block * y_len).enumerate().collect();
         let mat_len = self.out_c.max(self.in_c) * group * cols;
         run_all(tasks, |(block, y_block)| {
-            with_scratch(rows * group * cols, mat_len, |col_buf, mat_buf| {
-                for (i, y_group) in y_block.chunks_mut(group * y_len).enumerate() {
-                    let images = y_group.len() / y_len;
-                    let first = block * per_block + i * group;
-                    let x_group = &x[first * x_len..(first + images) * x_len];
-                    let ld = images * cols;
-                    let col = &mut col_buf[..rows * ld];
-                    match self.kind {
-                        Kind::Conv => {
-                            // Y = W·col, then bias + Y into each image's (O, pixels).
-                            for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
-                                g.im2col(x_img, col, ld, j * cols);
-                            }
-                            let y_mat = &mut mat_buf[..self.out_c * ld];
-                            let mut dst = MatMut::row_major(y_mat, self.out_c, ld)?;
-                            matmul(&mut dst, w, MatRef::row_major(col, rows, ld)?, false)?;
-                            for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
-                                let planes = y_img.chunks_exact_mut(pixels).zip(b).enumerate();
-                                for (o, (plane, &bias)) in planes {
-                                    let at = o * ld + j * cols;
-                                    let src = &y_mat[at..at + pixels];
-                                    if relu {
-                                        for (d, v) in plane.iter_mut().zip(src) {
-                                            *d = (v + bias).max(0.0);
-                                        }
-                                    } else {
-                                        for (d, v) in plane.iter_mut().zip(src) {
-                                            *d = v + bias;
+            with_scratch(
+                rows * group * cols,
+                mat_len,
+                g.phases_len(),
+                |col_buf, mat_buf, phases| {
+                    for (i, y_group) in y_block.chunks_mut(group * y_len).enumerate() {
+                        let images = y_group.len() / y_len;
+                        let first = block * per_block + i * group;
+                        let x_group = &x[first * x_len..(first + images) * x_len];
+                        let ld = images * cols;
+                        let col = &mut col_buf[..rows * ld];
+                        match self.kind {
+                            Kind::Conv => {
+                                // Y = W·col, then bias + Y into each image's (O, pixels).
+                                for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
+                                    g.im2col(x_img, phases, col, ld, j * cols);
+                                }
+                                let y_mat = &mut mat_buf[..self.out_c * ld];
+                                let mut dst = MatMut::row_major(y_mat, self.out_c, ld)?;
+                                matmul(&mut dst, w, MatRef::row_major(col, rows, ld)?, false)?;
+                                for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
+                                    let planes = y_img.chunks_exact_mut(pixels).zip(b).enumerate();
+                                    for (o, (plane, &bias)) in planes {
+                                        let at = o * ld + j * cols;
+                                        let src = &y_mat[at..at + pixels];
+                                        if relu {
+                                            for (d, v) in plane.iter_mut().zip(src) {
+                                                *d = (v + bias).max(0.0);
+                                            }
+                                        } else {
+                                            for (d, v) in plane.iter_mut().zip(src) {
+                                                *d = v + bias;
+                                            }
                                         }
                                     }
                                 }
                             }
-                        }
-                        Kind::Transposed => {
-                            // col = Wᵀ·X, then bias + col2im(col) into each image.
-                            let x_mat = &mut mat_buf[..self.in_c * ld];
-                            gather(x_group, self.in_c, cols, x_mat);
-                            let mut dst = MatMut::row_major(col, rows, ld)?;
-                            let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
-                            matmul(&mut dst, w.t(), x_ref, false)?;
-                            for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
-                                for (plane, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
-                                    plane.fill(bias);
-                                }
-                                g.col2im_add(col, ld, j * cols, y_img);
-                                if relu {
-                                    y_img.iter_mut().for_each(|v| *v = v.max(0.0));
+                            Kind::Transposed => {
+                                // col = Wᵀ·X, then bias + col2im(col) into each image.
+                                let x_mat = &mut mat_buf[..self.in_c * ld];
+                                gather(x_group, self.in_c, cols, x_mat);
+                                let mut dst = MatMut::row_major(col, rows, ld)?;
+                                let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                                matmul(&mut dst, w.t(), x_ref, false)?;
+                                for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
+                                    for (plane, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
+                                        plane.fill(bias);
+                                    }
+                                    g.col2im_add(col, ld, j * cols, phases, y_img);
+                                    if relu {
+                                        y_img.iter_mut().for_each(|v| *v = v.max(0.0));
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
         })?;
         Ok(y)
     }
@@ -540,70 +619,76 @@ impl Problem {
             let mut dw = vec![0f32; w_len];
             let mut db = vec![0f32; self.out_c];
             let mat_len = self.out_c.max(self.in_c) * group * cols;
-            with_scratch(rows * group * cols, mat_len, |col_buf, mat_buf| {
-                let start = block * per_block;
-                let end = (start + per_block).min(self.n);
-                let mut first = start;
-                while first < end {
-                    let images = group.min(end - first);
-                    let ld = images * cols;
-                    let x_group = &x[first * x_len..(first + images) * x_len];
-                    let dy_group = &dy[first * y_len..(first + images) * y_len];
-                    for dy_img in dy_group.chunks_exact(y_len) {
-                        for (sum, plane) in db.iter_mut().zip(dy_img.chunks_exact(pixels)) {
-                            *sum += plane.iter().sum::<f32>();
-                        }
-                    }
-                    let dx_group = match dx_block.as_deref_mut() {
-                        Some(d) => {
-                            let at = (first - start) * x_len;
-                            Some(&mut d[at..at + images * x_len])
-                        }
-                        None => None,
-                    };
-                    let col = &mut col_buf[..rows * ld];
-                    match self.kind {
-                        Kind::Conv => {
-                            // ∂W += ∂Y·colᵀ; ∂X = col2im(Wᵀ·∂Y).
-                            for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
-                                g.im2col(x_img, col, ld, j * cols);
+            with_scratch(
+                rows * group * cols,
+                mat_len,
+                g.phases_len(),
+                |col_buf, mat_buf, phases| {
+                    let start = block * per_block;
+                    let end = (start + per_block).min(self.n);
+                    let mut first = start;
+                    while first < end {
+                        let images = group.min(end - first);
+                        let ld = images * cols;
+                        let x_group = &x[first * x_len..(first + images) * x_len];
+                        let dy_group = &dy[first * y_len..(first + images) * y_len];
+                        for dy_img in dy_group.chunks_exact(y_len) {
+                            for (sum, plane) in db.iter_mut().zip(dy_img.chunks_exact(pixels)) {
+                                *sum += plane.iter().sum::<f32>();
                             }
-                            let dy_mat = &mut mat_buf[..self.out_c * ld];
-                            gather(dy_group, self.out_c, cols, dy_mat);
-                            let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
-                            let col_ref = MatRef::row_major(col, rows, ld)?;
-                            let mut dw_mat = MatMut::row_major(&mut dw, self.out_c, rows)?;
-                            matmul(&mut dw_mat, dy_ref, col_ref.t(), true)?;
-                            if let Some(dx_group) = dx_group {
-                                let mut col_mat = MatMut::row_major(col, rows, ld)?;
-                                matmul(&mut col_mat, w_mat.t(), dy_ref, false)?;
-                                for (j, dx_img) in dx_group.chunks_exact_mut(x_len).enumerate() {
-                                    g.col2im_add(col, ld, j * cols, dx_img);
+                        }
+                        let dx_group = match dx_block.as_deref_mut() {
+                            Some(d) => {
+                                let at = (first - start) * x_len;
+                                Some(&mut d[at..at + images * x_len])
+                            }
+                            None => None,
+                        };
+                        let col = &mut col_buf[..rows * ld];
+                        match self.kind {
+                            Kind::Conv => {
+                                // ∂W += ∂Y·colᵀ; ∂X = col2im(Wᵀ·∂Y).
+                                for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
+                                    g.im2col(x_img, phases, col, ld, j * cols);
+                                }
+                                let dy_mat = &mut mat_buf[..self.out_c * ld];
+                                gather(dy_group, self.out_c, cols, dy_mat);
+                                let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
+                                let col_ref = MatRef::row_major(col, rows, ld)?;
+                                let mut dw_mat = MatMut::row_major(&mut dw, self.out_c, rows)?;
+                                matmul(&mut dw_mat, dy_ref, col_ref.t(), true)?;
+                                if let Some(dx_group) = dx_group {
+                                    let mut col_mat = MatMut::row_major(col, rows, ld)?;
+                                    matmul(&mut col_mat, w_mat.t(), dy_ref, false)?;
+                                    for (j, dx_img) in dx_group.chunks_exact_mut(x_len).enumerate()
+                                    {
+                                        g.col2im_add(col, ld, j * cols, phases, dx_img);
+                                    }
+                                }
+                            }
+                            Kind::Transposed => {
+                                // col = im2col(∂Y); ∂W += X·colᵀ; ∂X = W·col.
+                                for (j, dy_img) in dy_group.chunks_exact(y_len).enumerate() {
+                                    g.im2col(dy_img, phases, col, ld, j * cols);
+                                }
+                                let x_mat = &mut mat_buf[..self.in_c * ld];
+                                gather(x_group, self.in_c, cols, x_mat);
+                                let col_ref = MatRef::row_major(col, rows, ld)?;
+                                let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                                let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
+                                matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
+                                if let Some(dx_group) = dx_group {
+                                    let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
+                                    matmul(&mut dx_mat, w_mat, col_ref, false)?;
+                                    scatter(x_mat, self.in_c, cols, dx_group);
                                 }
                             }
                         }
-                        Kind::Transposed => {
-                            // col = im2col(∂Y); ∂W += X·colᵀ; ∂X = W·col.
-                            for (j, dy_img) in dy_group.chunks_exact(y_len).enumerate() {
-                                g.im2col(dy_img, col, ld, j * cols);
-                            }
-                            let x_mat = &mut mat_buf[..self.in_c * ld];
-                            gather(x_group, self.in_c, cols, x_mat);
-                            let col_ref = MatRef::row_major(col, rows, ld)?;
-                            let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
-                            let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
-                            matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
-                            if let Some(dx_group) = dx_group {
-                                let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
-                                matmul(&mut dx_mat, w_mat, col_ref, false)?;
-                                scatter(x_mat, self.in_c, cols, dx_group);
-                            }
-                        }
+                        first += images;
                     }
-                    first += images;
-                }
-                candle_core::Result::Ok(())
-            })?;
+                    candle_core::Result::Ok(())
+                },
+            )?;
             Ok((dw, db))
         })?;
         let mut partials = partials.into_iter();
