@@ -289,9 +289,12 @@ impl Encoder for ConvEncoder {
         }
         let mut h = h.flatten_from(1)?;
         if let Some(hidden) = &self.hidden {
-            h = self.config.activation.forward(&hidden.forward(&h)?)?;
+            h = fused::linear::linear(&h, hidden, Some(self.config.activation))?;
         }
-        DiagonalGaussian::new(self.mean.forward(&h)?, self.log_var.forward(&h)?)
+        DiagonalGaussian::new(
+            fused::linear::linear(&h, &self.mean, None)?,
+            fused::linear::linear(&h, &self.log_var, None)?,
+        )
     }
 }
 
@@ -497,11 +500,11 @@ impl Module for ConvDecoder {
         let activation = self.config.activation;
         let mut h = z.clone();
         if let Some(hidden) = &self.hidden {
-            h = activation.forward(&hidden.forward(&h)?)?;
+            h = fused::linear::linear(&h, hidden, Some(activation))?;
         }
         let stages = self.config.channels.len();
         let (fh, fw) = stage_sizes(self.config.image, stages)[stages];
-        h = activation.forward(&self.project.forward(&h)?)?.reshape((
+        h = fused::linear::linear(&h, &self.project, Some(activation))?.reshape((
             z.dim(0)?,
             self.config.channels[stages - 1],
             fh,
