@@ -173,7 +173,7 @@ impl Module for VqEncoder {
         }
         let mut h = xs.clone();
         for conv in &self.convs {
-            h = self.config.activation.forward(&fused::conv2d(&h, conv)?)?;
+            h = fused::conv2d_activated(&h, conv, self.config.activation)?;
         }
         fused::conv2d(&h, &self.project)
     }
@@ -242,16 +242,15 @@ impl Module for VqDecoder {
             )
             .into());
         }
-        let mut x = self
-            .config
-            .activation
-            .forward(&fused::conv2d(z, &self.expand)?)?;
+        let activation = self.config.activation;
+        let mut x = fused::conv2d_activated(z, &self.expand, activation)?;
         let last = self.deconvs.len().saturating_sub(1);
         for (i, deconv) in self.deconvs.iter().enumerate() {
-            x = fused::conv_transpose2d(&x, deconv)?;
-            if i < last {
-                x = self.config.activation.forward(&x)?;
-            }
+            x = if i < last {
+                fused::conv_transpose2d_activated(&x, deconv, activation)?
+            } else {
+                fused::conv_transpose2d(&x, deconv)?
+            };
         }
         Ok(x)
     }
