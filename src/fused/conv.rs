@@ -328,24 +328,25 @@ impl Geometry {
         (lo, hi, lo * s + phase - p)
     }
 
-    /// Calls `f(row of the patch matrix, grid row, start in the phase rows or None)` for
-    /// every grid row of every kernel tap: the patch matrix's segment of `grid_w` values
-    /// is the phase rows' run from that start, or zeros where the tap's image row is
-    /// outside the image.
-    fn for_each_segment(&self, mut f: impl FnMut(usize, usize, Option<usize>)) {
+    /// Calls `f(patch row, grid rows lo..hi, start, step)` for every kernel tap (c, k₁, k₂),
+    /// in the order of the patch matrix's rows: the patch row's segment of `grid_w` values
+    /// for grid row gy ∈ lo..hi is the run of the phase rows at `start + (gy − lo)·step`;
+    /// outside lo..hi the tap's image row is outside the image and the segment is zero.
+    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
         let (h, s, p, pw) = (self.height, self.stride, self.padding, self.phase_width());
+        // Consecutive grid rows are s image rows apart, each of s phase rows.
+        let step = s * s * pw;
         let mut row = 0;
         for c in 0..self.channels {
             for ki in 0..self.k_h {
-                let (y_lo, y_hi) = self.valid(ki, h, self.grid_h);
+                let (lo, hi) = self.valid(ki, h, self.grid_h);
                 for kj in 0..self.k_w {
-                    let (phase, shift) = (kj % s, kj / s);
-                    for gy in 0..self.grid_h {
-                        let src = (y_lo..y_hi)
-                            .contains(&gy)
-                            .then(|| ((c * h + gy * s + ki - p) * s + phase) * pw + shift);
-                        f(row, gy, src);
-                    }
+                    let start = if lo < hi {
+                        ((c * h + lo * s + ki - p) * s + kj % s) * pw + kj / s
+                    } else {
+                        0
+                    };
+                    f(row, lo, hi, start, step);
                     row += 1;
                 }
             }
@@ -357,12 +358,15 @@ impl Geometry {
     fn im2col(&self, image: &[f32], phases: &mut [f32], col: &mut [f32], ld: usize, offset: usize) {
         self.split_phases(image, phases);
         let gw = self.grid_w;
-        self.for_each_segment(|row, gy, src| {
-            let start = row * ld + offset + gy * gw;
-            let out = &mut col[start..start + gw];
-            match src {
-                Some(src) => out.copy_from_slice(&phases[src..src + gw]),
-                None => out.fill(0.0),
+        let phases = &*phases;
+        self.for_each_tap(|row, lo, hi, start, step| {
+            let at = row * ld + offset;
+            let out = &mut col[at..at + self.cols()];
+            out[..lo * gw].fill(0.0);
+            out[hi * gw..].fill(0.0);
+            let runs = phases[start..].chunks(step);
+            for (segment, run) in out[lo * gw..hi * gw].chunks_exact_mut(gw).zip(runs) {
+                segment.copy_from_slice(&run[..gw]);
             }
         });
     }
@@ -380,11 +384,12 @@ impl Geometry {
     ) {
         phases.fill(0.0);
         let gw = self.grid_w;
-        self.for_each_segment(|row, gy, src| {
-            if let Some(src) = src {
-                let start = row * ld + offset + gy * gw;
-                let from = &col[start..start + gw];
-                for (d, v) in phases[src..src + gw].iter_mut().zip(from) {
+        self.for_each_tap(|row, lo, hi, start, step| {
+            let at = row * ld + offset;
+            let from = &col[at + lo * gw..at + hi * gw];
+            let runs = phases[start..].chunks_mut(step);
+            for (segment, run) in from.chunks_exact(gw).zip(runs) {
+                for (d, v) in run[..gw].iter_mut().zip(segment) {
                     *d += *v;
                 }
             }
