@@ -22,7 +22,7 @@
 //! blocks that the threads take one at a time (`super::parallel`); each block reuses one
 //! patch buffer and, in the backward pass, sums its own partial ∂W and ∂b, added up at the
 //! end. Within a block, the images of a small map are side by side in one product (at
-//! least 256 columns: 16 images of a 4×4 map), so that the product is not one thin matrix
+//! least 64 columns: 4 images of a 4×4 map), so that the product is not one thin matrix
 //! per image and ∂W is not read and written once per image. The gradient of an input that
 //! needs none (data) is not computed.
 //!
@@ -39,8 +39,12 @@ use super::parallel::{blocks_for, map_all, run_all};
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::ops::Activation;
 
-/// Columns (images × pixels) per matrix product, at least.
-const MIN_COLS: usize = 256;
+/// Columns (images × pixels) per matrix product, at least. Wider products keep more
+/// images' patch matrices at once: at 256 columns the 3×64×64 VAE's deepest layers held
+/// 1–2 MiB of them, past a 1 MiB L2, and its step ran 10 % slower than at 64 (128: 2 %
+/// slower, 32 and 16: 3–6 % slower; the 28×28 VAE the same at 64, 128 and 256;
+/// docs/PERFORMANCE.md §2c).
+const MIN_COLS: usize = 64;
 
 thread_local! {
     /// Each thread's patch-matrix, channel-matrix and phase-row buffers, kept from call to
