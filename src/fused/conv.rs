@@ -41,8 +41,8 @@ use crate::ops::Activation;
 
 /// Columns (images × pixels) per matrix product, at least. Wider products keep more
 /// images' patch matrices at once: at 256 columns the 3×64×64 VAE's deepest layers held
-/// 1–2 MiB of them, past a 1 MiB L2, and its step ran 10 % slower than at 64 (128: 2 %
-/// slower, 32 and 16: 3–6 % slower; the 28×28 VAE the same at 64, 128 and 256;
+/// 1–2 MiB of them, past a 1 MiB L2, and its step was 1.10× faster at 64 (at 128, 1.02×;
+/// 32 and 16 were 3–6 % slower than 64; the 28×28 VAE the same at 64, 128 and 256;
 /// docs/PERFORMANCE.md §2c).
 const MIN_COLS: usize = 64;
 
