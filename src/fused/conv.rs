@@ -288,17 +288,31 @@ impl Geometry {
     /// reads `phase_width()`-long contiguous runs at phase `k₂ mod s`, offset `k₂ div s`,
     /// where the image itself would be read with a stride. (For a 4×4 kernel of stride 2
     /// this is the space-to-depth view in which the convolution is a 2×2 one of stride 1.)
-    fn split_phases(&self, image: &[f32], phases: &mut [f32]) {
+    ///
+    /// With `relu_output`, the values are `image` where `relu_output` > 0 and 0 elsewhere:
+    /// a gradient through the ReLU whose output that is.
+    fn split_phases(&self, image: &[f32], relu_output: Option<&[f32]>, phases: &mut [f32]) {
         let (w, s, pw) = (self.width, self.stride, self.phase_width());
-        let rows = image.chunks_exact(w).zip(phases.chunks_exact_mut(s * pw));
-        for (row, out) in rows {
+        for (r, out) in phases.chunks_exact_mut(s * pw).enumerate() {
+            let row = &image[r * w..(r + 1) * w];
+            let mask = relu_output.map(|y| &y[r * w..(r + 1) * w]);
             for (phase, out) in out.chunks_exact_mut(pw).enumerate() {
                 let (lo, hi, first) = self.phase_inside(phase);
                 out[..lo].fill(0.0);
                 out[hi..].fill(0.0);
                 let inside = row[first..].iter().step_by(s);
-                for (o, v) in out[lo..hi].iter_mut().zip(inside) {
-                    *o = *v;
+                match mask {
+                    None => {
+                        for (o, v) in out[lo..hi].iter_mut().zip(inside) {
+                            *o = *v;
+                        }
+                    }
+                    Some(mask) => {
+                        let open = mask[first..].iter().step_by(s);
+                        for ((o, v), m) in out[lo..hi].iter_mut().zip(inside).zip(open) {
+                            *o = relu_gradient(*v, *m);
+                        }
+                    }
                 }
             }
         }
@@ -358,9 +372,18 @@ impl Geometry {
     }
 
     /// Columns `offset..offset + cols()` of the row-major matrix `col` with rows of `ld`
-    /// ← the patch matrix of `image` (`phases`: scratch of `phases_len()`).
-    fn im2col(&self, image: &[f32], phases: &mut [f32], col: &mut [f32], ld: usize, offset: usize) {
-        self.split_phases(image, phases);
+    /// ← the patch matrix of `image`, masked by `relu_output` as in
+    /// [`split_phases`](Self::split_phases) (`phases`: scratch of `phases_len()`).
+    fn im2col(
+        &self,
+        image: &[f32],
+        relu_output: Option<&[f32]>,
+        phases: &mut [f32],
+        col: &mut [f32],
+        ld: usize,
+        offset: usize,
+    ) {
+        self.split_phases(image, relu_output, phases);
         let gw = self.grid_w;
         let phases = &*phases;
         self.for_each_tap(|row, lo, hi, start, step| {
@@ -540,7 +563,7 @@ impl Problem {
                             Kind::Conv => {
                                 // Y = W·col, then bias + Y into each image's (O, pixels).
                                 for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
-                                    g.im2col(x_img, phases, col, ld, j * cols);
+                                    g.im2col(x_img, None, phases, col, ld, j * cols);
                                 }
                                 let y_mat = &mut mat_buf[..self.out_c * ld];
                                 let mut dst = MatMut::row_major(y_mat, self.out_c, ld)?;
@@ -564,10 +587,8 @@ impl Problem {
                             }
                             Kind::Transposed => {
                                 // col = Wᵀ·X, then bias + col2im(col) into each image.
-                                let x_mat = &mut mat_buf[..self.in_c * ld];
-                                gather(x_group, self.in_c, cols, x_mat);
+                                let x_ref = side_by_side(x_group, self.in_c, cols, mat_buf)?;
                                 let mut dst = MatMut::row_major(col, rows, ld)?;
-                                let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
                                 matmul(&mut dst, w.t(), x_ref, false)?;
                                 for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
                                     for (plane, &bias) in y_img.chunks_exact_mut(pixels).zip(b) {
@@ -588,16 +609,20 @@ impl Problem {
         Ok(y)
     }
 
-    /// (∂x if `need_x`, ∂w, ∂b).
+    /// (∂x if `need_x`, ∂w, ∂b) from the output gradient `dy`; with `relu_output` (the
+    /// output of a fused ReLU), from `dy` where that output is > 0 and 0 elsewhere, the
+    /// mask applied as `dy` is first read.
     fn backward(
         &self,
         x: &[f32],
         w: &[f32],
         dy: &[f32],
+        relu_output: Option<&[f32]>,
         need_x: bool,
     ) -> candle_core::Result<Gradients> {
         let (x_len, y_len) = (self.x_len(), self.y_len());
-        if x.len() != self.n * x_len || dy.len() != self.n * y_len {
+        let outputs_fit = relu_output.is_none_or(|y| y.len() == dy.len());
+        if x.len() != self.n * x_len || dy.len() != self.n * y_len || !outputs_fit {
             bail!(
                 "candle-vae-conv: {} inputs, {} gradients",
                 x.len(),
@@ -641,11 +666,8 @@ impl Problem {
                         let ld = images * cols;
                         let x_group = &x[first * x_len..(first + images) * x_len];
                         let dy_group = &dy[first * y_len..(first + images) * y_len];
-                        for dy_img in dy_group.chunks_exact(y_len) {
-                            for (sum, plane) in db.iter_mut().zip(dy_img.chunks_exact(pixels)) {
-                                *sum += plane.iter().sum::<f32>();
-                            }
-                        }
+                        let y_group =
+                            relu_output.map(|y| &y[first * y_len..(first + images) * y_len]);
                         let dx_group = match dx_block.as_deref_mut() {
                             Some(d) => {
                                 let at = (first - start) * x_len;
@@ -658,10 +680,24 @@ impl Problem {
                             Kind::Conv => {
                                 // ∂W += ∂Y·colᵀ; ∂X = col2im(Wᵀ·∂Y).
                                 for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
-                                    g.im2col(x_img, phases, col, ld, j * cols);
+                                    g.im2col(x_img, None, phases, col, ld, j * cols);
                                 }
-                                let dy_mat = &mut mat_buf[..self.out_c * ld];
-                                gather(dy_group, self.out_c, cols, dy_mat);
+                                let dy_mat: &[f32] = match y_group {
+                                    Some(y_group) => {
+                                        let dy_mat = &mut mat_buf[..self.out_c * ld];
+                                        gather_relu_gradient(
+                                            dy_group, y_group, self.out_c, cols, dy_mat,
+                                        );
+                                        dy_mat
+                                    }
+                                    None if images == 1 => dy_group,
+                                    None => {
+                                        let dy_mat = &mut mat_buf[..self.out_c * ld];
+                                        gather(dy_group, self.out_c, cols, dy_mat);
+                                        dy_mat
+                                    }
+                                };
+                                add_row_sums(dy_mat, ld, &mut db);
                                 let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
                                 let col_ref = MatRef::row_major(col, rows, ld)?;
                                 let mut dw_mat = MatMut::row_major(&mut dw, self.out_c, rows)?;
@@ -678,18 +714,25 @@ impl Problem {
                             Kind::Transposed => {
                                 // col = im2col(∂Y); ∂W += X·colᵀ; ∂X = W·col.
                                 for (j, dy_img) in dy_group.chunks_exact(y_len).enumerate() {
-                                    g.im2col(dy_img, phases, col, ld, j * cols);
+                                    let y_img = y_group.map(|y| &y[j * y_len..(j + 1) * y_len]);
+                                    add_plane_sums(dy_img, y_img, pixels, &mut db);
+                                    g.im2col(dy_img, y_img, phases, col, ld, j * cols);
                                 }
-                                let x_mat = &mut mat_buf[..self.in_c * ld];
-                                gather(x_group, self.in_c, cols, x_mat);
                                 let col_ref = MatRef::row_major(col, rows, ld)?;
-                                let x_ref = MatRef::row_major(x_mat, self.in_c, ld)?;
+                                let x_ref = side_by_side(x_group, self.in_c, cols, mat_buf)?;
                                 let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
                                 matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
                                 if let Some(dx_group) = dx_group {
-                                    let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
-                                    matmul(&mut dx_mat, w_mat, col_ref, false)?;
-                                    scatter(x_mat, self.in_c, cols, dx_group);
+                                    if images == 1 {
+                                        let mut dx_mat =
+                                            MatMut::row_major(dx_group, self.in_c, ld)?;
+                                        matmul(&mut dx_mat, w_mat, col_ref, false)?;
+                                    } else {
+                                        let x_mat = &mut mat_buf[..self.in_c * ld];
+                                        let mut dx_mat = MatMut::row_major(x_mat, self.in_c, ld)?;
+                                        matmul(&mut dx_mat, w_mat, col_ref, false)?;
+                                        scatter(x_mat, self.in_c, cols, dx_group);
+                                    }
                                 }
                             }
                         }
@@ -735,33 +778,75 @@ fn scatter(mat: &[f32], channels: usize, pixels: usize, images: &mut [f32]) {
     }
 }
 
-/// `grad` where `y` > 0, else 0: the gradient through a ReLU whose output is `y`, in one
-/// pass shared by the threads.
-fn relu_mask(grad: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
-    let masked = with_slice(&grad.contiguous()?, |g| {
-        with_slice(y, |y| {
-            if g.len() != y.len() {
-                bail!(
-                    "candle-vae-conv: {} gradients for {} outputs",
-                    g.len(),
-                    y.len()
-                )
+/// The images `(channels, pixels)` held one after another in `images` as one
+/// `(channels, B·pixels)` matrix: the slice itself for one image, else a copy in `buffer`
+/// (see [`gather`]).
+fn side_by_side<'a>(
+    images: &'a [f32],
+    channels: usize,
+    pixels: usize,
+    buffer: &'a mut [f32],
+) -> candle_core::Result<MatRef<'a>> {
+    let cols = images.len() / channels.max(1);
+    if cols == pixels {
+        return MatRef::row_major(images, channels, cols);
+    }
+    let mat = &mut buffer[..images.len()];
+    gather(images, channels, pixels, mat);
+    MatRef::row_major(mat, channels, cols)
+}
+
+/// The gradient `g` through a ReLU whose output is `y`: `g` where `y` > 0, else 0 (0 at
+/// exactly 0, as in PyTorch).
+fn relu_gradient(g: f32, y: f32) -> f32 {
+    if y > 0.0 { g } else { 0.0 }
+}
+
+/// [`gather`] of the gradients `grads` through the ReLU whose outputs are `outputs`.
+fn gather_relu_gradient(
+    grads: &[f32],
+    outputs: &[f32],
+    channels: usize,
+    pixels: usize,
+    mat: &mut [f32],
+) {
+    let ld = grads.len() / channels.max(1);
+    let images = grads.chunks_exact(channels * pixels);
+    for (b, (grad, output)) in images
+        .zip(outputs.chunks_exact(channels * pixels))
+        .enumerate()
+    {
+        let planes = grad.chunks_exact(pixels).zip(output.chunks_exact(pixels));
+        for (c, (g, y)) in planes.enumerate() {
+            let at = c * ld + b * pixels;
+            for ((m, &g), &y) in mat[at..at + pixels].iter_mut().zip(g).zip(y) {
+                *m = relu_gradient(g, y);
             }
-            let mut out = vec![0f32; g.len()];
-            let chunk = g.len().div_ceil(blocks_for(g.len(), 64)).max(1);
-            let tasks: Vec<_> = out.chunks_mut(chunk).enumerate().collect();
-            run_all(tasks, |(i, out)| {
-                let at = i * chunk;
-                let (g, y) = (&g[at..at + out.len()], &y[at..at + out.len()]);
-                for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-                Ok(())
-            })?;
-            Ok(out)
-        })
-    })?;
-    Tensor::from_vec(masked, grad.shape(), &Device::Cpu)
+        }
+    }
+}
+
+/// `sums[i]` += the sum of row i of the row-major `rows × ld` matrix `mat`.
+fn add_row_sums(mat: &[f32], ld: usize, sums: &mut [f32]) {
+    for (sum, row) in sums.iter_mut().zip(mat.chunks_exact(ld.max(1))) {
+        *sum += row.iter().sum::<f32>();
+    }
+}
+
+/// `sums[c]` += the sum of plane c of the image `grad` (planes of `pixels`), through the
+/// ReLU whose output is `relu_output` if given.
+fn add_plane_sums(grad: &[f32], relu_output: Option<&[f32]>, pixels: usize, sums: &mut [f32]) {
+    let planes = sums.iter_mut().zip(grad.chunks_exact(pixels.max(1)));
+    for (c, (sum, plane)) in planes.enumerate() {
+        *sum += match relu_output {
+            None => plane.iter().sum::<f32>(),
+            Some(y) => plane
+                .iter()
+                .zip(&y[c * pixels..(c + 1) * pixels])
+                .map(|(&g, &y)| relu_gradient(g, y))
+                .sum::<f32>(),
+        };
+    }
 }
 
 /// ∂x (if asked for), ∂w, ∂b.
@@ -841,14 +926,18 @@ impl CustomOp3 for ConvOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let p = Problem::new(self, x.dims4()?, w.dims4()?)?;
-        let grad = if self.relu {
-            relu_mask(grad, y)?
-        } else {
-            grad.contiguous()?
-        };
+        let grad = grad.contiguous()?;
         let need_x = x.track_op();
         let (dx, dw, db) = with_slice(x, |xs| {
-            with_slice(w, |ws| with_slice(&grad, |g| p.backward(xs, ws, g, need_x)))
+            with_slice(w, |ws| {
+                with_slice(&grad, |g| {
+                    if self.relu {
+                        with_slice(y, |ys| p.backward(xs, ws, g, Some(ys), need_x))
+                    } else {
+                        p.backward(xs, ws, g, None, need_x)
+                    }
+                })
+            })
         })?;
         let dx = match dx {
             Some(dx) => Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?),
