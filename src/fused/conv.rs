@@ -18,8 +18,11 @@
 //! | conv_transpose2d, `W: (C, O·K₁·K₂)` | `Y = col2im(Wᵀ·X) + b` | `W·im2col(∂Y)` | `X·im2col(∂Y)ᵀ` |
 //!
 //! and `∂b` is the sum of `∂Y` over images and pixels. (The two operations are each
-//! other's adjoint, which is why the same two layouts serve both.) The batch is cut into
-//! blocks that the threads take one at a time (`super::parallel`); each block reuses one
+//! other's adjoint, which is why the same two layouts serve both.) Both copies go through
+//! the image's rows split by column phase (columns φ, φ + s, … of each padded row), so
+//! that every segment of the patch matrix is a contiguous run instead of a strided one.
+//! A fused ReLU's mask is applied where the backward pass first reads ∂Y. The batch is cut
+//! into blocks that the threads take one at a time (`super::parallel`); each block reuses one
 //! patch buffer and, in the backward pass, sums its own partial ∂W and ∂b, added up at the
 //! end. Within a block, the images of a small map are side by side in one product (at
 //! least 64 columns: 4 images of a 4×4 map), so that the product is not one thin matrix
