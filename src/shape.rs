@@ -1,6 +1,9 @@
 //! The shape of an image, shared by the networks, the datasets and the pictures.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
 
 /// The shape of one image: channels, height, width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,5 +32,20 @@ impl ImageShape {
         self.channels
             .saturating_mul(self.height)
             .saturating_mul(self.width)
+    }
+
+    /// Checks that `xs` is a batch `(N, C, H, W)` of these images.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] naming `context` and the expected shape otherwise.
+    pub(crate) fn check_batch(&self, context: &'static str, xs: &Tensor) -> crate::Result<()> {
+        if xs.rank() != 4 || xs.dims()[1..] != [self.channels, self.height, self.width] {
+            return Err(Error::shape(
+                context,
+                format!("(N, {}, {}, {})", self.channels, self.height, self.width),
+                xs.dims(),
+            ));
+        }
+        Ok(())
     }
 }

@@ -382,11 +382,7 @@ where
         self.run(xs, None, Eps::Given(eps), train)
     }
 
-    pub(crate) fn encoder_input(
-        &self,
-        xs: &Tensor,
-        cond: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
+    fn encoder_input(&self, xs: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (Some(cond), Some(condition)) = (cond, self.condition) else {
             return Ok(xs.clone());
         };

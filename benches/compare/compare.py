@@ -124,11 +124,12 @@ def main():
         "nll": ([binary, "nll", "--data", data],
                 [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "nll", "--data", data]
                 + torch_threads),
-        # The same K and chunks, PyTorch in candle-vae's blocks of images (26 at a chunk
-        # of 100: log_likelihood's 8 MiB of logits per pass) instead of all at once.
+        # The same K and chunks, PyTorch in candle-vae's blocks of images instead of all at
+        # once: log_likelihood's 2^21 likelihood values per pass, at 784 per sample and
+        # compare_vae's chunk of 100 samples, 26 images.
         "nll_blocked": ([binary, "nll", "--data", data],
                         [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "nll", "--data",
-                         data, "--block-images", "26"] + torch_threads),
+                         data, "--block-images", str((1 << 21) // (784 * 100))] + torch_threads),
         "conv28": ([binary, "conv", "--data", data, "--size", "28", "--steps", "40"],
                    [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "conv", "--data", data,
                     "--size", "28", "--steps", "40"] + torch_threads),

@@ -162,15 +162,7 @@ impl VqEncoder {
 
 impl Module for VqEncoder {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let image = self.config.image;
-        if xs.rank() != 4 || xs.dims()[1..] != [image.channels, image.height, image.width] {
-            return Err(Error::shape(
-                "VqEncoder::forward",
-                format!("(N, {}, {}, {})", image.channels, image.height, image.width),
-                xs.dims(),
-            )
-            .into());
-        }
+        self.config.image.check_batch("VqEncoder::forward", xs)?;
         let mut h = xs.clone();
         for conv in &self.convs {
             h = fused::conv2d_activated(&h, conv, self.config.activation)?;

@@ -38,6 +38,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, 
 use candle_nn::{Conv2d, ConvTranspose2d};
 
 use super::gemm::{MatMut, MatRef, matmul};
+use super::math::relu_gradient;
 use super::parallel::{blocks_for, map_all, run_all};
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::ops::Activation;
@@ -133,11 +134,25 @@ pub fn conv2d_activated(
     layer: &Conv2d,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
+    activated(
+        activation,
+        |relu| conv2d_fused(x, layer, relu),
+        || layer.forward(x),
+    )
+}
+
+/// `activation(y)` of the fused layer's output `fused(relu)` (a ReLU inside it if
+/// `relu`), or of candle's `plain()` where the fused kernel does not apply.
+fn activated(
+    activation: Activation,
+    fused: impl FnOnce(bool) -> candle_core::Result<Option<Tensor>>,
+    plain: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     let relu = activation == Activation::Relu;
-    match conv2d_fused(x, layer, relu)? {
+    match fused(relu)? {
         Some(y) if relu => Ok(y),
         Some(y) => activation.forward(&y),
-        None => activation.forward(&layer.forward(x)?),
+        None => activation.forward(&plain()?),
     }
 }
 
@@ -192,12 +207,11 @@ pub fn conv_transpose2d_activated(
     layer: &ConvTranspose2d,
     activation: Activation,
 ) -> candle_core::Result<Tensor> {
-    let relu = activation == Activation::Relu;
-    match conv_transpose2d_fused(x, layer, relu)? {
-        Some(y) if relu => Ok(y),
-        Some(y) => activation.forward(&y),
-        None => activation.forward(&layer.forward(x)?),
-    }
+    activated(
+        activation,
+        |relu| conv_transpose2d_fused(x, layer, relu),
+        || layer.forward(x),
+    )
 }
 
 /// The fused `conv_transpose2d` (with a ReLU if `relu`), or `None` where it does not apply.
@@ -590,7 +604,11 @@ impl Problem {
                             }
                             Kind::Transposed => {
                                 // col = Wᵀ·X, then bias + col2im(col) into each image.
-                                let x_ref = side_by_side(x_group, self.in_c, cols, mat_buf)?;
+                                let x_ref = MatRef::row_major(
+                                    side_by_side(x_group, None, self.in_c, cols, mat_buf),
+                                    self.in_c,
+                                    ld,
+                                )?;
                                 let mut dst = MatMut::row_major(col, rows, ld)?;
                                 matmul(&mut dst, w.t(), x_ref, false)?;
                                 for (j, y_img) in y_group.chunks_exact_mut(y_len).enumerate() {
@@ -685,21 +703,8 @@ impl Problem {
                                 for (j, x_img) in x_group.chunks_exact(x_len).enumerate() {
                                     g.im2col(x_img, None, phases, col, ld, j * cols);
                                 }
-                                let dy_mat: &[f32] = match y_group {
-                                    Some(y_group) => {
-                                        let dy_mat = &mut mat_buf[..self.out_c * ld];
-                                        gather_relu_gradient(
-                                            dy_group, y_group, self.out_c, cols, dy_mat,
-                                        );
-                                        dy_mat
-                                    }
-                                    None if images == 1 => dy_group,
-                                    None => {
-                                        let dy_mat = &mut mat_buf[..self.out_c * ld];
-                                        gather(dy_group, self.out_c, cols, dy_mat);
-                                        dy_mat
-                                    }
-                                };
+                                let dy_mat =
+                                    side_by_side(dy_group, y_group, self.out_c, cols, mat_buf);
                                 add_row_sums(dy_mat, ld, &mut db);
                                 let dy_ref = MatRef::row_major(dy_mat, self.out_c, ld)?;
                                 let col_ref = MatRef::row_major(col, rows, ld)?;
@@ -722,7 +727,11 @@ impl Problem {
                                     g.im2col(dy_img, y_img, phases, col, ld, j * cols);
                                 }
                                 let col_ref = MatRef::row_major(col, rows, ld)?;
-                                let x_ref = side_by_side(x_group, self.in_c, cols, mat_buf)?;
+                                let x_ref = MatRef::row_major(
+                                    side_by_side(x_group, None, self.in_c, cols, mat_buf),
+                                    self.in_c,
+                                    ld,
+                                )?;
                                 let mut dw_mat = MatMut::row_major(&mut dw, self.in_c, rows)?;
                                 matmul(&mut dw_mat, x_ref, col_ref.t(), true)?;
                                 if let Some(dx_group) = dx_group {
@@ -759,13 +768,29 @@ impl Problem {
 }
 
 /// Copies the images `(channels, pixels)` held one after another in `images` into the
-/// `(channels, B·pixels)` matrix `mat` (image b in columns b·pixels..).
-fn gather(images: &[f32], channels: usize, pixels: usize, mat: &mut [f32]) {
+/// `(channels, B·pixels)` matrix `mat` (image b in columns b·pixels..); with
+/// `relu_output`, the gradients through the ReLU whose outputs those are.
+fn gather(
+    images: &[f32],
+    relu_output: Option<&[f32]>,
+    channels: usize,
+    pixels: usize,
+    mat: &mut [f32],
+) {
     let ld = images.len() / channels.max(1);
     for (b, image) in images.chunks_exact(channels * pixels).enumerate() {
         for (c, plane) in image.chunks_exact(pixels).enumerate() {
             let at = c * ld + b * pixels;
-            mat[at..at + pixels].copy_from_slice(plane);
+            let out = &mut mat[at..at + pixels];
+            match relu_output {
+                None => out.copy_from_slice(plane),
+                Some(y) => {
+                    let y = &y[(b * channels + c) * pixels..][..pixels];
+                    for ((o, &g), &y) in out.iter_mut().zip(plane).zip(y) {
+                        *o = relu_gradient(g, y);
+                    }
+                }
+            }
         }
     }
 }
@@ -782,51 +807,21 @@ fn scatter(mat: &[f32], channels: usize, pixels: usize, images: &mut [f32]) {
 }
 
 /// The images `(channels, pixels)` held one after another in `images` as one
-/// `(channels, B·pixels)` matrix: the slice itself for one image, else a copy in `buffer`
-/// (see [`gather`]).
+/// `(channels, B·pixels)` matrix, masked by `relu_output` as in [`gather`]: the slice
+/// itself for one image without a mask, else [`gather`]'s copy in `buffer`.
 fn side_by_side<'a>(
     images: &'a [f32],
+    relu_output: Option<&[f32]>,
     channels: usize,
     pixels: usize,
     buffer: &'a mut [f32],
-) -> candle_core::Result<MatRef<'a>> {
-    let cols = images.len() / channels.max(1);
-    if cols == pixels {
-        return MatRef::row_major(images, channels, cols);
+) -> &'a [f32] {
+    if relu_output.is_none() && images.len() == channels * pixels {
+        return images;
     }
     let mat = &mut buffer[..images.len()];
-    gather(images, channels, pixels, mat);
-    MatRef::row_major(mat, channels, cols)
-}
-
-/// The gradient `g` through a ReLU whose output is `y`: `g` where `y` > 0, else 0 (0 at
-/// exactly 0, as in PyTorch).
-fn relu_gradient(g: f32, y: f32) -> f32 {
-    if y > 0.0 { g } else { 0.0 }
-}
-
-/// [`gather`] of the gradients `grads` through the ReLU whose outputs are `outputs`.
-fn gather_relu_gradient(
-    grads: &[f32],
-    outputs: &[f32],
-    channels: usize,
-    pixels: usize,
-    mat: &mut [f32],
-) {
-    let ld = grads.len() / channels.max(1);
-    let images = grads.chunks_exact(channels * pixels);
-    for (b, (grad, output)) in images
-        .zip(outputs.chunks_exact(channels * pixels))
-        .enumerate()
-    {
-        let planes = grad.chunks_exact(pixels).zip(output.chunks_exact(pixels));
-        for (c, (g, y)) in planes.enumerate() {
-            let at = c * ld + b * pixels;
-            for ((m, &g), &y) in mat[at..at + pixels].iter_mut().zip(g).zip(y) {
-                *m = relu_gradient(g, y);
-            }
-        }
-    }
+    gather(images, relu_output, channels, pixels, mat);
+    mat
 }
 
 /// `sums[i]` += the sum of row i of the row-major `rows × ld` matrix `mat`.

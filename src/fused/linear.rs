@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Module, Shape, Tensor, 
 use candle_nn::Linear;
 
 use super::gemm::{MatMut, MatRef, matmul};
-use super::math::vectorized;
+use super::math::{relu_gradient, vectorized};
 use super::parallel::{blocks_for, run_all};
 use super::sink;
 use super::storage::{is_cpu_f32, slice, with_slice};
@@ -265,7 +265,7 @@ fn relu_backward(grad: &[f32], y: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) 
             for ((m_row, g_row), y_row) in rows {
                 let lanes = m_row.iter_mut().zip(g_row).zip(y_row).zip(sums.iter_mut());
                 for (((m, &g), &y), sum) in lanes {
-                    let g = if y > 0.0 { g } else { 0.0 };
+                    let g = relu_gradient(g, y);
                     *m = g;
                     *sum += g;
                 }

@@ -69,6 +69,13 @@ pub(crate) fn sigmoid(l: f32) -> f32 {
     numerator / (1.0 + e)
 }
 
+/// The gradient `g` through a ReLU whose output is `y`: `g` where `y` > 0, else 0 (0 at
+/// exactly 0, as in PyTorch).
+#[inline(always)]
+pub(crate) fn relu_gradient(g: f32, y: f32) -> f32 {
+    if y > 0.0 { g } else { 0.0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

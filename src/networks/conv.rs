@@ -274,15 +274,7 @@ impl Encoder for ConvEncoder {
     /// # Errors
     /// [`Error::Shape`] if `xs` is not `(N, C, H, W)`.
     fn encode(&self, xs: &Tensor) -> candle_core::Result<DiagonalGaussian> {
-        let image = self.config.image;
-        if xs.rank() != 4 || xs.dims()[1..] != [image.channels, image.height, image.width] {
-            return Err(Error::shape(
-                "ConvEncoder::encode",
-                format!("(N, {}, {}, {})", image.channels, image.height, image.width),
-                xs.dims(),
-            )
-            .into());
-        }
+        self.config.image.check_batch("ConvEncoder::encode", xs)?;
         let mut h = xs.clone();
         for conv in &self.convs {
             h = fused::conv2d_activated(&match_parity(&h)?, conv, self.config.activation)?;
