@@ -3,7 +3,9 @@
 //! over max |plain|, per tensor) for the shapes of the convolutional VAE and for other
 //! strides, paddings, output paddings and odd sizes, alone and followed by an activation
 //! (a ReLU inside the kernel to 1e-5, others exactly the kernel's output activated); a whole VAE step agrees with the
-//! kernels on and off; layers the kernels do not handle take candle's path.
+//! kernels on and off; Adam's `backward_step`, whose conv layers put ∂W and ∂b straight into
+//! its buffers, makes the same updates as `step` after candle's `backward`; layers the
+//! kernels do not handle take candle's path.
 
 mod common;
 
@@ -11,8 +13,8 @@ use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use candle_vae::fused::{self, FusedKernels, with_fused_kernels};
 use candle_vae::{
-    Activation, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig, ElboLoss,
-    ElboLossConfig, ImageShape, NoiseSource, ParamStore, StandardLikelihood, Vae,
+    Activation, Adam, AdamConfig, ConvDecoder, ConvDecoderConfig, ConvEncoder, ConvEncoderConfig,
+    ElboLoss, ElboLossConfig, ImageShape, NoiseSource, ParamStore, StandardLikelihood, Vae,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -318,6 +320,64 @@ fn conv_vae_step_matches_with_the_conv_kernels_on_and_off() -> Result {
                 format!("gradient {i}")
             };
             assert_close(&format!("{image:?} {what}"), a, b)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every parameter after `steps` Adam steps of a 3×16×16 conv VAE whose loss sums the ELBO
+/// of `batches` batches of 4 through the same layers; the gradients reach Adam through
+/// `backward_step` (the conv kernels write ∂W, ∂b into its buffers) if `sunk`, else
+/// through candle's gradient store.
+fn conv_adam_run(sunk: bool, batches: usize, steps: usize) -> Result<Vec<Tensor>> {
+    let image = ImageShape::new(3, 16, 16);
+    let params = ParamStore::new(8);
+    let vb = params.var_builder(DType::F32, &Device::Cpu);
+    let stages = [8, 16];
+    let enc = ConvEncoder::new(&ConvEncoderConfig::new(image, &stages, 4), vb.pp("enc"))?;
+    let dec = ConvDecoder::new(&ConvDecoderConfig::new(4, image, &stages), vb.pp("dec"))?;
+    let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
+    let mut opt = Adam::from_store(&params, AdamConfig::new(1e-2))?;
+    let elbo = ElboLoss::new(ElboLossConfig::default())?;
+    let mut noise = NoiseSource::new(9);
+    for _ in 0..steps {
+        let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+        for _ in 0..batches {
+            let xs = noise.uniform(&[4, 3, 16, 16], DType::F32, &Device::Cpu)?;
+            let out = vae.forward_t(&xs, &mut noise, true)?;
+            loss = (loss + elbo.forward(&out, &xs)?.loss)?;
+        }
+        if sunk {
+            opt.backward_step(&loss)?;
+        } else {
+            opt.step(&loss.backward()?)?;
+        }
+    }
+    Ok(params
+        .named_vars()?
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+#[test]
+fn backward_step_through_conv_layers_makes_the_same_updates() -> Result {
+    // One batch: each conv weight's gradient is written once, the same numbers candle
+    // would have stored, so the parameters agree bit for bit after 3 steps (the buffers
+    // are reused, never cleared). Two batches: the second gradient is added into the
+    // buffer where candle adds it to its stored one.
+    for batches in [1, 2] {
+        let sunk = conv_adam_run(true, batches, 3)?;
+        let stored = conv_adam_run(false, batches, 3)?;
+        assert_eq!(sunk.len(), stored.len());
+        assert!(sunk.len() >= 8, "conv weights and biases at least");
+        for (i, (a, b)) in sunk.iter().zip(&stored).enumerate() {
+            let what = format!("{batches} batch(es), parameter {i}");
+            if batches == 1 {
+                common::assert_bit_identical(&what, a, b)?;
+            } else {
+                common::assert_rel_close(&what, a, b, 1e-6)?;
+            }
         }
     }
     Ok(())

@@ -19,7 +19,8 @@ Usage (from the repository root):
 Options: --torch-python PATH (default $HOME/torch-venv/bin/python), --peer PATH
 (default ../shared/bench/peer_torch_vae.py beside the checkout), --threads 2 (both sides: torch.set_num_threads and
 RAYON_NUM_THREADS for candle), --candle-env 'K=V …'
-(extra environment for the candle runs only), --what train,nll, --no-build,
+(extra environment for the candle runs only), --env 'K=V …' (for both sides, e.g.
+glibc's malloc tunables), --what train,nll, --no-build,
 --device cuda (both sides on the GPU: the train peer is then peer_torch_extra.py's, since
 peer_torch_vae.py has no device flag), --binary PATH (a prebuilt compare_vae, e.g. the one
 .ci/gpu-bundle built with the cuda feature; implies --no-build).
@@ -93,6 +94,8 @@ def main():
     ap.add_argument("--torch-python", default=os.path.expanduser("~/torch-venv/bin/python"))
     ap.add_argument("--peer", default=default_peer())
     ap.add_argument("--candle-env", default="", help="extra KEY=VALUE pairs for the candle runs")
+    ap.add_argument("--env", default="",
+                    help="extra KEY=VALUE pairs for both sides (e.g. GLIBC_TUNABLES=...)")
     ap.add_argument("--candle-args", default="", help="extra flags for compare_vae (e.g. --plain)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--device", default="cpu")
@@ -108,6 +111,10 @@ def main():
     # The same thread count on both sides: torch.set_num_threads, and candle's barrier pool
     # (the fused kernels and candle's element-wise ops) and rayon's (candle's own matmul).
     env["CANDLE_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = str(args.threads)
+    torch_env = dict(os.environ)
+    for pair in args.env.split():
+        key, value = pair.split("=", 1)
+        env[key] = torch_env[key] = value
     for pair in args.candle_env.split():
         key, value = pair.split("=", 1)
         env[key] = value
@@ -137,7 +144,8 @@ def main():
                    [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "conv", "--size", "64",
                     "--steps", "20"] + torch_threads),
     }
-    print(f"device {args.device}; candle env: {args.candle_env or '(none)'}; candle args: {args.candle_args or '(none)'}; "
+    print(f"device {args.device}; env (both sides): {args.env or '(none)'}; "
+          f"candle env: {args.candle_env or '(none)'}; candle args: {args.candle_args or '(none)'}; "
           f"torch threads {args.threads}; runs {args.runs}; cores {os.cpu_count()}")
     summary = []
     for what in args.what.split(","):
@@ -145,7 +153,7 @@ def main():
         ours_cmd = ours_cmd + extra
         ours, theirs, ratios = [], [], []
         for r in range(args.runs):
-            order = [("candle", ours_cmd, env), ("torch", torch_cmd, None)]
+            order = [("candle", ours_cmd, env), ("torch", torch_cmd, torch_env)]
             if r % 2:
                 order.reverse()
             got = {}

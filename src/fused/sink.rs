@@ -10,7 +10,8 @@
 //! on the thread that calls it). The fused linear layer asks it for the buffer of its
 //! weight ([`take`]) and writes ∂W there — overwriting the last step's values, or adding
 //! to this step's if the parameter is used twice — and puts its computed ∂b into the
-//! bias's ([`deposit`]); candle gets no gradient for either. The optimiser then reads the buffer. Anywhere else (a plain
+//! bias's ([`deposit`]); the fused conv layers deposit both ∂W and ∂b. candle gets no
+//! gradient for either. The optimiser then reads the buffer. Anywhere else (a plain
 //! `loss.backward()`, a parameter the optimiser does not hold, a layer on another device)
 //! nothing is installed or taken, and the gradient goes to candle as usual.
 
