@@ -26,8 +26,10 @@
 //! patch buffer and, in the backward pass, sums its own partial ∂W and ∂b, added up at the
 //! end. Within a block, the images of a small map are side by side in one product (at
 //! least 64 columns: 4 images of a 4×4 map), so that the product is not one thin matrix
-//! per image and ∂W is not read and written once per image. The gradient of an input that
-//! needs none (data) is not computed.
+//! per image and ∂W is not read and written once per image. Up to 1,024 patch rows, ∂W is
+//! summed as its transpose (`add_weight_gradient`), and during `Adam::backward_step` ∂W
+//! and ∂b go straight into the optimiser's buffers (`super::sink`). The gradient of an
+//! input that needs none (data) is not computed.
 //!
 //! Dilation other than 1, groups other than 1, a missing bias, other dtypes and devices
 //! take candle's path.
