@@ -56,7 +56,7 @@ const MIN_COLS: usize = 64;
 /// Weight gradients of at most this many patch rows (`C·K₁·K₂` of a convolution,
 /// `O·K₁·K₂` of a transposed one) are summed transposed (`add_weight_gradient`). Measured
 /// on the 3×64×64 VAE's layers: 48, 512 and 1,024 rows faster that way (the 48-row first
-/// layer's ∂W 6.9 → 4.4 ms a step), 2,048 rows 1.3 ms slower (docs/PERFORMANCE.md §2d).
+/// layer's ∂W 6.9 → 4.4 ms a step), 2,048 rows 1.4 ms slower (docs/PERFORMANCE.md §2d).
 const TRANSPOSED_DW_MAX_ROWS: usize = 1024;
 
 thread_local! {
