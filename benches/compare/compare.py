@@ -60,6 +60,11 @@ def default_peer():
     return "peer_torch_vae.py"
 
 
+def pairs(text):
+    """'K=V K2=V2 …' as a dict."""
+    return dict(pair.split("=", 1) for pair in text.split())
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -111,13 +116,10 @@ def main():
     # The same thread count on both sides: torch.set_num_threads, and candle's barrier pool
     # (the fused kernels and candle's element-wise ops) and rayon's (candle's own matmul).
     env["CANDLE_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = str(args.threads)
-    torch_env = dict(os.environ)
-    for pair in args.env.split():
-        key, value = pair.split("=", 1)
-        env[key] = torch_env[key] = value
-    for pair in args.candle_env.split():
-        key, value = pair.split("=", 1)
-        env[key] = value
+    shared = pairs(args.env)
+    env.update(shared)
+    env.update(pairs(args.candle_env))
+    torch_env = {**os.environ, **shared}
     extra = args.candle_args.split() + ["--device", args.device]
     torch_threads = ["--threads", str(args.threads), "--device", args.device]
     extra_peer = os.path.join(HERE, "peer_torch_extra.py")

@@ -679,9 +679,9 @@ impl Problem {
         };
         dx_blocks.resize_with(blocks, || None);
         let tasks: Vec<_> = dx_blocks.into_iter().enumerate().collect();
+        // Each block sums ∂W, or its transpose if `transposed_dw` (then transposed back).
+        let transposed_dw = rows <= TRANSPOSED_DW_MAX_ROWS;
         let partials = map_all(tasks, |(block, mut dx_block)| {
-            // ∂W, or its transpose if `transposed_dw` (then transposed back at the end).
-            let transposed_dw = rows <= TRANSPOSED_DW_MAX_ROWS;
             let mut dw = vec![0f32; w_len];
             let mut db = vec![0f32; self.out_c];
             let mat_len = self.out_c.max(self.in_c) * group * cols;
@@ -996,14 +996,8 @@ impl CustomOp3 for ConvOp {
         };
         // Into the optimiser's buffers where a gradient sink holds the parameter
         // (`super::sink`), sparing candle's zero-filled tensor and addition per parameter.
-        let dw = match sink::deposit(w, &dw)? {
-            true => None,
-            false => Some(Tensor::from_vec(dw, w.shape(), &Device::Cpu)?),
-        };
-        let db = match sink::deposit(b, &db)? {
-            true => None,
-            false => Some(Tensor::from_vec(db, b.shape(), &Device::Cpu)?),
-        };
+        let dw = sink::deposit_or_tensor(w, dw)?;
+        let db = sink::deposit_or_tensor(b, db)?;
         Ok((dx, dw, db))
     }
 }

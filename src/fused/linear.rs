@@ -225,8 +225,8 @@ impl CustomOp3 for LinearOp {
             None if need_w => Some(Tensor::from_vec(fresh_w, (fan_out, fan_in), &Device::Cpu)?),
             None => None,
         };
-        let grad_b = if b.track_op() && !sink::deposit(b, &grad_b)? {
-            Some(Tensor::from_vec(grad_b, fan_out, &Device::Cpu)?)
+        let grad_b = if b.track_op() {
+            sink::deposit_or_tensor(b, grad_b)?
         } else {
             None
         };

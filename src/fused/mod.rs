@@ -145,9 +145,8 @@ impl Default for FusedKernels {
 /// a 16 MiB block (which gave the MNIST step's ~20 faults), the 64×64 conv VAE takes 84k
 /// page faults over 20 steps instead of 311k and runs 1.16× faster; an MNIST epoch is
 /// unchanged (63.9k against 63.6k faults, most of them loading the data;
-/// docs/PERFORMANCE.md §2d). The process may keep
-/// up to 64 MiB of freed memory. Other allocators are unaffected; no setting is changed
-/// and everything allocated is freed.
+/// docs/PERFORMANCE.md §2d). The process may keep up to 64 MiB of freed memory. Other
+/// allocators are unaffected; no setting is changed and everything allocated is freed.
 pub(crate) fn prime_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use candle_core::{Tensor, TensorId};
+use candle_core::{Device, Tensor, TensorId};
 
 thread_local! {
     static ACTIVE: RefCell<Option<GradSink>> = const { RefCell::new(None) };
@@ -172,4 +172,21 @@ pub(crate) fn deposit(param: &Tensor, gradient: &[f32]) -> candle_core::Result<b
     }
     give_back(taken);
     Ok(true)
+}
+
+/// `gradient` into `param`'s buffer as [`deposit`] does (`Ok(None)`: candle gets no
+/// gradient), or, where no sink holds `param`, the gradient as a tensor of `param`'s
+/// shape for candle's store.
+///
+/// # Errors
+/// If `gradient` is not of `param`'s size.
+pub(crate) fn deposit_or_tensor(
+    param: &Tensor,
+    gradient: Vec<f32>,
+) -> candle_core::Result<Option<Tensor>> {
+    if deposit(param, &gradient)? {
+        Ok(None)
+    } else {
+        Tensor::from_vec(gradient, param.shape(), &Device::Cpu).map(Some)
+    }
 }
