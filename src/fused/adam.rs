@@ -16,7 +16,7 @@ use super::parallel::for_each;
 use super::storage::{is_cpu_f32, shares_storage, slice_mut, with_slice};
 
 /// Elements per parallel task: 128 KiB of each buffer.
-const CHUNK: usize = 1 << 15;
+const CHUNK: usize = 1 << 12;
 
 /// The scalars of one Adam step for one parameter, as `f32`s rounded the way the plain
 /// candle path rounds them (its `tensor * f64` multiplies by the `f32` of the factor).

@@ -253,25 +253,18 @@ fn relu_in_place(row: &mut [f32]) {
 
 /// The gradient before a ReLU (zero where the output is zero) and its column sums.
 fn relu_backward(grad: &[f32], y: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut masked = vec![0f32; grad.len()];
-    let mut sums = vec![0f32; width];
-    vectorized(
+    // Collected, not written over a zero-filled buffer: one pass over memory less. The
+    // sums then read the masked gradient back from cache.
+    let masked: Vec<f32> = vectorized(
         #[inline(always)]
         || {
-            let rows = masked
-                .chunks_exact_mut(width)
-                .zip(grad.chunks_exact(width))
-                .zip(y.chunks_exact(width));
-            for ((m_row, g_row), y_row) in rows {
-                let lanes = m_row.iter_mut().zip(g_row).zip(y_row).zip(sums.iter_mut());
-                for (((m, &g), &y), sum) in lanes {
-                    let g = relu_gradient(g, y);
-                    *m = g;
-                    *sum += g;
-                }
-            }
+            grad.iter()
+                .zip(y)
+                .map(|(&g, &y)| relu_gradient(g, y))
+                .collect()
         },
     );
+    let sums = column_sums(&masked, width);
     (masked, sums)
 }
 

@@ -59,7 +59,7 @@ pub(crate) mod elbo;
 mod gemm;
 pub(crate) mod linear;
 pub(crate) mod math;
-mod parallel;
+pub(crate) mod parallel;
 pub(crate) mod sink;
 mod storage;
 
