@@ -15,7 +15,8 @@ use super::math::vectorized;
 use super::parallel::for_each;
 use super::storage::{is_cpu_f32, shares_storage, slice_mut, with_slice};
 
-/// Elements per parallel task: 128 KiB of each buffer.
+/// Elements per parallel task: 16 KiB of each buffer, so that the MNIST model's 8,000-value
+/// layers are split over two threads too.
 const CHUNK: usize = 1 << 12;
 
 /// The scalars of one Adam step for one parameter, as `f32`s rounded the way the plain
