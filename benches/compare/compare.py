@@ -99,8 +99,9 @@ def main():
     ap.add_argument("--torch-python", default=os.path.expanduser("~/torch-venv/bin/python"))
     ap.add_argument("--peer", default=default_peer())
     ap.add_argument("--candle-env", default="", help="extra KEY=VALUE pairs for the candle runs")
-    ap.add_argument("--env", default="",
-                    help="extra KEY=VALUE pairs for both sides (e.g. GLIBC_TUNABLES=...)")
+    ap.add_argument("--env", action="append", default=[],
+                    help="extra KEY=VALUE pairs for both sides (e.g. GLIBC_TUNABLES=...); "
+                         "repeat it or separate pairs by spaces")
     ap.add_argument("--candle-args", default="", help="extra flags for compare_vae (e.g. --plain)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--device", default="cpu")
@@ -116,7 +117,7 @@ def main():
     # The same thread count on both sides: torch.set_num_threads, and candle's barrier pool
     # (the fused kernels and candle's element-wise ops) and rayon's (candle's own matmul).
     env["CANDLE_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = str(args.threads)
-    shared = pairs(args.env)
+    shared = pairs(" ".join(args.env))
     env.update(shared)
     env.update(pairs(args.candle_env))
     torch_env = {**os.environ, **shared}
@@ -146,7 +147,7 @@ def main():
                    [args.torch_python, os.path.join(HERE, "peer_torch_extra.py"), "conv", "--size", "64",
                     "--steps", "20"] + torch_threads),
     }
-    print(f"device {args.device}; env (both sides): {args.env or '(none)'}; "
+    print(f"device {args.device}; env (both sides): {' '.join(args.env) or '(none)'}; "
           f"candle env: {args.candle_env or '(none)'}; candle args: {args.candle_args or '(none)'}; "
           f"torch threads {args.threads}; runs {args.runs}; cores {os.cpu_count()}")
     summary = []
