@@ -1,6 +1,7 @@
 #!/bin/bash
 # Two builds of compare_vae against each other, alternating round by round, so both see
-# the same background load; prints each run's images/s, the medians, and B/A.
+# the same background load; prints each run's images/s, the medians, B/A with a bootstrap
+# interval over the rounds, and in how many rounds B was faster (rounds.py).
 #
 #   benches/compare/ab.sh ROUNDS BINARY_A BINARY_B -- compare_vae arguments…
 #   e.g. benches/compare/ab.sh 5 /tmp/cv_before /tmp/cv_after -- conv --size 64 --steps 10
@@ -18,14 +19,4 @@ for _ in $(seq "$rounds"); do
     rate=$("$binary" "$@" | grep -o '"images_per_sec":[0-9.]*' | cut -d: -f2)
     echo "$binary $rate"
   done
-done | python3 -c '
-import statistics, sys
-runs = {}
-for line in sys.stdin:
-    name, rate = line.split()
-    runs.setdefault(name, []).append(float(rate))
-names = list(runs)
-for name in names:
-    print(name, " ".join(f"{r:.0f}" for r in runs[name]), "median", statistics.median(runs[name]))
-a, b = (statistics.median(runs[n]) for n in names)
-print(f"ratio of medians {names[1]} / {names[0]}: {b / a:.3f}")'
+done | python3 "$(dirname "$0")/rounds.py"

@@ -4,8 +4,9 @@
 For each workload the candle binary (compare_vae, built here) and the PyTorch peer run
 one after the other, `--runs` times, swapping who goes first every round, so both see
 the same background load. Prints every run, then the median images/s of each, the
-ratio of the medians (candle / PyTorch) and the median of the per-round ratios, with the
-1-minute load average seen before each run. Not part of CI.
+ratio of the medians (candle / PyTorch) with a 95 % bootstrap interval over the rounds
+(rounds.py), and the median of the per-round ratios, with the 1-minute load average seen
+before each run. Not part of CI.
 
 Workloads (pick with --what, default all):
   train   one epoch of MNIST, the pytorch/examples VAE (peer_torch_vae.py)
@@ -35,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from rounds import ratio_interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -170,12 +173,13 @@ def main():
             theirs.append(got["torch"])
             ratios.append(got["candle"] / got["torch"])
         med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
-        summary.append((what, med_ours, med_theirs, med_ours / med_theirs, statistics.median(ratios)))
+        summary.append((what, med_ours, med_theirs, med_ours / med_theirs, ratio_interval(theirs, ours),
+                        statistics.median(ratios)))
     print()
     print(f"{'workload':8s} {'candle img/s':>13s} {'torch img/s':>12s} {'ratio of medians':>17s} "
-          f"{'median ratio':>13s}   (medians of {args.runs} alternating runs)")
-    for what, mo, mt, r1, r2 in summary:
-        print(f"{what:8s} {mo:13.1f} {mt:12.1f} {r1:16.2f}x {r2:12.2f}x")
+          f"{'95% interval':>13s} {'median ratio':>13s}   (medians of {args.runs} alternating runs)")
+    for what, mo, mt, r1, (low, high), r2 in summary:
+        print(f"{what:8s} {mo:13.1f} {mt:12.1f} {r1:16.2f}x {low:6.2f}-{high:.2f}x {r2:12.2f}x")
     shutil.rmtree(data, ignore_errors=True)
 
 
