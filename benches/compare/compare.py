@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from rounds import ratio_interval
+import rounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -157,7 +157,7 @@ def main():
     for what in args.what.split(","):
         ours_cmd, torch_cmd = workloads[what]
         ours_cmd = ours_cmd + extra
-        ours, theirs, ratios = [], [], []
+        ours, theirs = [], []
         for r in range(args.runs):
             order = [("candle", ours_cmd, env), ("torch", torch_cmd, torch_env)]
             if r % 2:
@@ -171,10 +171,9 @@ def main():
                       f"(wall {rec['wall_s']:.1f} s, load before {load:.2f})", flush=True)
             ours.append(got["candle"])
             theirs.append(got["torch"])
-            ratios.append(got["candle"] / got["torch"])
-        med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
-        summary.append((what, med_ours, med_theirs, med_ours / med_theirs, ratio_interval(theirs, ours),
-                        statistics.median(ratios)))
+        ratio, interval, median_ratio, _ = rounds.summary(theirs, ours)
+        summary.append((what, statistics.median(ours), statistics.median(theirs), ratio, interval,
+                        median_ratio))
     print()
     print(f"{'workload':8s} {'candle img/s':>13s} {'torch img/s':>12s} {'ratio of medians':>17s} "
           f"{'95% interval':>13s} {'median ratio':>13s}   (medians of {args.runs} alternating runs)")

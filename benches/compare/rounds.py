@@ -31,6 +31,15 @@ def ratio_interval(a, b, resamples=10_000, level=0.95, seed=0):
     return ratios[int(tail * resamples)], ratios[int((1.0 - tail) * resamples) - 1]
 
 
+def summary(a, b):
+    """What both scripts print for paired rounds a[i], b[i]: median(b) / median(a), its
+    bootstrap interval, the median of the per-round ratios b[i] / a[i], and in how many
+    rounds b was faster."""
+    per_round = [y / x for x, y in zip(a, b)]
+    return (statistics.median(b) / statistics.median(a), ratio_interval(a, b),
+            statistics.median(per_round), sum(r > 1 for r in per_round))
+
+
 def main():
     runs = {}
     for line in sys.stdin:
@@ -42,11 +51,10 @@ def main():
     for name in names:
         print(name, " ".join(f"{r:.0f}" for r in runs[name]), "median", statistics.median(runs[name]))
     a, b = (runs[n] for n in names)
-    low, high = ratio_interval(a, b)
-    per_round = [y / x for x, y in zip(a, b)]
-    print(f"ratio of medians {names[1]} / {names[0]}: {statistics.median(b) / statistics.median(a):.3f} "
-          f"(95 % bootstrap interval {low:.3f}-{high:.3f}); median ratio {statistics.median(per_round):.3f}; "
-          f"B faster in {sum(r > 1 for r in per_round)} of {len(per_round)} rounds")
+    ratio, (low, high), median_ratio, b_faster = summary(a, b)
+    print(f"ratio of medians {names[1]} / {names[0]}: {ratio:.3f} "
+          f"(95 % bootstrap interval {low:.3f}-{high:.3f}); median ratio {median_ratio:.3f}; "
+          f"B faster in {b_faster} of {len(a)} rounds")
 
 
 if __name__ == "__main__":
