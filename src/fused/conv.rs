@@ -326,20 +326,8 @@ impl Geometry {
                 let (lo, hi, first) = self.phase_inside(phase);
                 out[..lo].fill(0.0);
                 out[hi..].fill(0.0);
-                let inside = row[first..].iter().step_by(s);
-                match mask {
-                    None => {
-                        for (o, v) in out[lo..hi].iter_mut().zip(inside) {
-                            *o = *v;
-                        }
-                    }
-                    Some(mask) => {
-                        let open = mask[first..].iter().step_by(s);
-                        for ((o, v), m) in out[lo..hi].iter_mut().zip(inside).zip(open) {
-                            *o = relu_gradient(*v, *m);
-                        }
-                    }
-                }
+                let mask = mask.map(|m| &m[first..]);
+                take_every(s, &row[first..], mask, &mut out[lo..hi]);
             }
         }
     }
@@ -352,10 +340,7 @@ impl Geometry {
         for (row, from) in rows {
             for (phase, from) in from.chunks_exact(pw).enumerate() {
                 let (lo, hi, first) = self.phase_inside(phase);
-                let inside = row[first..].iter_mut().step_by(s);
-                for (d, v) in inside.zip(&from[lo..hi]) {
-                    *d += *v;
-                }
+                add_every(s, &from[lo..hi], &mut row[first..]);
             }
         }
     }
@@ -417,10 +402,7 @@ impl Geometry {
             let out = &mut col[at..at + self.cols()];
             out[..lo * gw].fill(0.0);
             out[hi * gw..].fill(0.0);
-            let runs = phases[start..].chunks(step);
-            for (segment, run) in out[lo * gw..hi * gw].chunks_exact_mut(gw).zip(runs) {
-                segment.copy_from_slice(&run[..gw]);
-            }
+            copy_runs(&mut out[lo * gw..hi * gw], gw, &phases[start..], step);
         });
     }
 
@@ -439,15 +421,115 @@ impl Geometry {
         let gw = self.grid_w;
         self.for_each_tap(|row, lo, hi, start, step| {
             let at = row * ld + offset;
-            let from = &col[at + lo * gw..at + hi * gw];
-            let runs = phases[start..].chunks_mut(step);
-            for (segment, run) in from.chunks_exact(gw).zip(runs) {
-                for (d, v) in run[..gw].iter_mut().zip(segment) {
-                    *d += *v;
-                }
-            }
+            add_runs(
+                &col[at + lo * gw..at + hi * gw],
+                gw,
+                &mut phases[start..],
+                step,
+            );
         });
         self.merge_phases_add(phases, image);
+    }
+}
+
+/// `out[i]` ← `from[i·s]`, or `relu_gradient(from[i·s], mask[i·s])` with a mask, for
+/// every i of `out` that `from` reaches (`split_phases`' copy). A strided iterator is
+/// copied one scalar at a time; at stride 2 (every shipped network) the loop runs over
+/// pairs, which the compiler vectorises as a deinterleave.
+fn take_every(s: usize, from: &[f32], mask: Option<&[f32]>, out: &mut [f32]) {
+    let pairs = if s == 2 {
+        (from.len() / 2).min(out.len())
+    } else {
+        0
+    };
+    match mask {
+        None => {
+            for (o, pair) in out[..pairs].iter_mut().zip(from.chunks_exact(2)) {
+                *o = pair[0];
+            }
+            let rest = from[2 * pairs..].iter().step_by(s);
+            for (o, v) in out[pairs..].iter_mut().zip(rest) {
+                *o = *v;
+            }
+        }
+        Some(mask) => {
+            let both = from.chunks_exact(2).zip(mask.chunks_exact(2));
+            for (o, (pair, open)) in out[..pairs].iter_mut().zip(both) {
+                *o = relu_gradient(pair[0], open[0]);
+            }
+            let rest = from[2 * pairs..].iter().step_by(s);
+            let open = mask[(2 * pairs).min(mask.len())..].iter().step_by(s);
+            for ((o, v), m) in out[pairs..].iter_mut().zip(rest).zip(open) {
+                *o = relu_gradient(*v, *m);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`take_every`] without a mask: `to[i·s]` += `from[i]`.
+fn add_every(s: usize, from: &[f32], to: &mut [f32]) {
+    let pairs = if s == 2 {
+        (to.len() / 2).min(from.len())
+    } else {
+        0
+    };
+    for (pair, v) in to.chunks_exact_mut(2).zip(&from[..pairs]) {
+        pair[0] += *v;
+    }
+    let rest = to[2 * pairs..].iter_mut().step_by(s);
+    for (d, v) in rest.zip(&from[pairs..]) {
+        *d += *v;
+    }
+}
+
+/// `out`'s consecutive `width`-long segments ← the runs of `width` values that start
+/// `step` apart in `from` (`im2col`'s inner copy). A grid row is 4 to 32 values wide in
+/// the shipped networks, and a generic copy of so few values is a call to `memcpy` per
+/// segment; at these widths the copy is unrolled instead. The runs are found by index
+/// rather than by `zip(from.chunks(step))`, whose length costs a division per call, one
+/// per kernel tap and image (docs/PERFORMANCE.md §2h).
+fn copy_runs(out: &mut [f32], width: usize, from: &[f32], step: usize) {
+    fn of<const W: usize>(out: &mut [f32], from: &[f32], step: usize) {
+        for (i, segment) in out.chunks_exact_mut(W).enumerate() {
+            segment.copy_from_slice(&from[i * step..i * step + W]);
+        }
+    }
+    match width {
+        4 => of::<4>(out, from, step),
+        8 => of::<8>(out, from, step),
+        16 => of::<16>(out, from, step),
+        32 => of::<32>(out, from, step),
+        _ => {
+            for (i, segment) in out.chunks_exact_mut(width).enumerate() {
+                segment.copy_from_slice(&from[i * step..i * step + width]);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`copy_runs`]: the runs of `width` values that start `step` apart in
+/// `to` += `from`'s consecutive `width`-long segments.
+fn add_runs(from: &[f32], width: usize, to: &mut [f32], step: usize) {
+    fn add(to: &mut [f32], from: &[f32]) {
+        for (d, v) in to.iter_mut().zip(from) {
+            *d += *v;
+        }
+    }
+    fn of<const W: usize>(from: &[f32], to: &mut [f32], step: usize) {
+        for (i, segment) in from.chunks_exact(W).enumerate() {
+            add(&mut to[i * step..i * step + W], segment);
+        }
+    }
+    match width {
+        4 => of::<4>(from, to, step),
+        8 => of::<8>(from, to, step),
+        16 => of::<16>(from, to, step),
+        32 => of::<32>(from, to, step),
+        _ => {
+            for (i, segment) in from.chunks_exact(width).enumerate() {
+                add(&mut to[i * step..i * step + width], segment);
+            }
+        }
     }
 }
 
@@ -999,5 +1081,87 @@ impl CustomOp3 for ConvOp {
         let dw = sink::deposit_or_tensor(w, dw)?;
         let db = sink::deposit_or_tensor(b, db)?;
         Ok((dx, dw, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distinct values, so that a copy from the wrong place cannot pass.
+    fn ramp(len: usize, from: f32) -> Vec<f32> {
+        (0..len).map(|i| from + i as f32).collect()
+    }
+
+    #[test]
+    fn strided_copies_match_plain_loops() {
+        // Strides 1–3 (2 takes the pair loops), lengths that leave 0 or 1 value past the
+        // pairs, a mask that closes every third value.
+        for s in 1..=3 {
+            for from_len in [0, 1, 2, 5, 8, 9] {
+                for out_len in [0, 1, 3, 4, 5] {
+                    let from = ramp(from_len, 1.0);
+                    let mask: Vec<f32> = (0..from_len).map(|i| (i % 3) as f32 - 0.5).collect();
+                    let reach = out_len.min(from_len.div_ceil(s));
+                    for masked in [false, true] {
+                        let mut out = vec![-1.0; out_len];
+                        take_every(s, &from, masked.then_some(&mask[..]), &mut out);
+                        for (i, o) in out.iter().enumerate() {
+                            let want = if i >= reach {
+                                -1.0
+                            } else if masked {
+                                relu_gradient(from[i * s], mask[i * s])
+                            } else {
+                                from[i * s]
+                            };
+                            assert_eq!(*o, want, "take s={s} {from_len}->{out_len} {masked} [{i}]");
+                        }
+                    }
+                    // add_every's `from` is the short side, `to` the strided one.
+                    let short = ramp(out_len, 100.0);
+                    let mut to = ramp(from_len, 0.5);
+                    add_every(s, &short, &mut to);
+                    let mut want = ramp(from_len, 0.5);
+                    for (d, v) in want.iter_mut().step_by(s).zip(&short) {
+                        *d += v;
+                    }
+                    assert_eq!(to, want, "add s={s} {from_len}<-{out_len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn run_copies_match_plain_loops() {
+        // The unrolled widths and two others, each with a gap between runs and without.
+        for width in [3, 4, 8, 16, 32, 5] {
+            for step in [width, width + 3] {
+                for runs in [0, 1, 4] {
+                    let len = if runs == 0 {
+                        0
+                    } else {
+                        (runs - 1) * step + width
+                    };
+                    let from = ramp(len, 1.0);
+                    let mut out = vec![0.0; runs * width];
+                    copy_runs(&mut out, width, &from, step);
+                    let mut to = ramp(len, 0.25);
+                    let segments = ramp(runs * width, 1000.0);
+                    add_runs(&segments, width, &mut to, step);
+                    let mut want_to = ramp(len, 0.25);
+                    for r in 0..runs {
+                        for k in 0..width {
+                            assert_eq!(
+                                out[r * width + k],
+                                from[r * step + k],
+                                "copy {width} {step}"
+                            );
+                            want_to[r * step + k] += segments[r * width + k];
+                        }
+                    }
+                    assert_eq!(to, want_to, "add {width} {step} {runs}");
+                }
+            }
+        }
     }
 }
