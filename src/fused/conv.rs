@@ -432,6 +432,22 @@ impl Geometry {
     }
 }
 
+/// `$f::<W>($args)` for the const `W` equal to `$width` in 1..=32, `$otherwise` above:
+/// the inner loops of `copy_runs` and `add_runs` with the run length known to the
+/// compiler.
+macro_rules! by_width {
+    ($width:expr, $f:ident $args:tt, $otherwise:block) => {
+        by_width!(@ $width, $f $args, $otherwise,
+            1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+    };
+    (@ $width:expr, $f:ident $args:tt, $otherwise:block, $($w:literal)*) => {
+        match $width {
+            $($w => $f::<$w> $args,)*
+            _ => $otherwise,
+        }
+    };
+}
+
 /// `out[i]` ← `from[i·s]`, or `relu_gradient(from[i·s], mask[i·s])` with a mask, for
 /// every i of `out` that `from` reaches (`split_phases`' copy). A strided iterator is
 /// copied one scalar at a time; at stride 2 (every shipped network) the loop runs over
@@ -483,28 +499,23 @@ fn add_every(s: usize, from: &[f32], to: &mut [f32]) {
 }
 
 /// `out`'s consecutive `width`-long segments ← the runs of `width` values that start
-/// `step` apart in `from` (`im2col`'s inner copy). A grid row is 4 to 32 values wide in
-/// the shipped networks, and a generic copy of so few values is a call to `memcpy` per
-/// segment; at these widths the copy is unrolled instead. The runs are found by index
-/// rather than by `zip(from.chunks(step))`, whose length costs a division per call, one
-/// per kernel tap and image (docs/PERFORMANCE.md §2h).
+/// `step` apart in `from` (`im2col`'s inner copy). A grid row of the shipped networks is
+/// 4 to 32 values wide (7 and 14 in the 28×28 VAE), and a generic copy of so few values
+/// is a call to `memcpy` per segment; up to 32 values the copy is compiled for each width
+/// instead (`by_width!`). The runs are found by index rather than by
+/// `zip(from.chunks(step))`, whose length costs a division per call, one per kernel tap
+/// and image (docs/PERFORMANCE.md §2h).
 fn copy_runs(out: &mut [f32], width: usize, from: &[f32], step: usize) {
     fn of<const W: usize>(out: &mut [f32], from: &[f32], step: usize) {
         for (i, segment) in out.chunks_exact_mut(W).enumerate() {
             segment.copy_from_slice(&from[i * step..i * step + W]);
         }
     }
-    match width {
-        4 => of::<4>(out, from, step),
-        8 => of::<8>(out, from, step),
-        16 => of::<16>(out, from, step),
-        32 => of::<32>(out, from, step),
-        _ => {
-            for (i, segment) in out.chunks_exact_mut(width).enumerate() {
-                segment.copy_from_slice(&from[i * step..i * step + width]);
-            }
+    by_width!(width, of(out, from, step), {
+        for (i, segment) in out.chunks_exact_mut(width).enumerate() {
+            segment.copy_from_slice(&from[i * step..i * step + width]);
         }
-    }
+    })
 }
 
 /// The adjoint of [`copy_runs`]: the runs of `width` values that start `step` apart in
@@ -520,17 +531,11 @@ fn add_runs(from: &[f32], width: usize, to: &mut [f32], step: usize) {
             add(&mut to[i * step..i * step + W], segment);
         }
     }
-    match width {
-        4 => of::<4>(from, to, step),
-        8 => of::<8>(from, to, step),
-        16 => of::<16>(from, to, step),
-        32 => of::<32>(from, to, step),
-        _ => {
-            for (i, segment) in from.chunks_exact(width).enumerate() {
-                add(&mut to[i * step..i * step + width], segment);
-            }
+    by_width!(width, of(from, to, step), {
+        for (i, segment) in from.chunks_exact(width).enumerate() {
+            add(&mut to[i * step..i * step + width], segment);
         }
-    }
+    })
 }
 
 /// The sizes of one call: `x (n, in_c, x_h, x_w)`, `y (n, out_c, y_h, y_w)`.
@@ -1133,8 +1138,9 @@ mod tests {
 
     #[test]
     fn run_copies_match_plain_loops() {
-        // The unrolled widths and two others, each with a gap between runs and without.
-        for width in [3, 4, 8, 16, 32, 5] {
+        // Unrolled widths (1..=32) and the generic loop above them, each with a gap
+        // between runs and without.
+        for width in [1, 3, 4, 7, 8, 14, 16, 32, 33, 50] {
             for step in [width, width + 3] {
                 for runs in [0, 1, 4] {
                     let len = if runs == 0 {
