@@ -432,18 +432,24 @@ impl Geometry {
     }
 }
 
-/// `$f::<W>($args)` for the const `W` equal to `$width` in 1..=32, `$otherwise` above:
-/// the inner loops of `copy_runs` and `add_runs` with the run length known to the
-/// compiler.
-macro_rules! by_width {
-    ($width:expr, $f:ident $args:tt, $otherwise:block) => {
-        by_width!(@ $width, $f $args, $otherwise,
+/// Evaluates `$body` with `$name` bound to `$value`: as a literal when it is 1..=32, so
+/// that the loops of `copy_runs` and `add_runs` over runs of that length are compiled
+/// for it (a copy of 4–32 values of unknown length is a call to `memcpy`).
+macro_rules! with_width {
+    ($name:ident = $value:expr, $body:expr) => {
+        with_width!(@ $name, $value, $body,
             1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
     };
-    (@ $width:expr, $f:ident $args:tt, $otherwise:block, $($w:literal)*) => {
-        match $width {
-            $($w => $f::<$w> $args,)*
-            _ => $otherwise,
+    (@ $name:ident, $value:expr, $body:expr, $($w:literal)*) => {
+        match $value {
+            $($w => {
+                let $name: usize = $w;
+                $body
+            })*
+            other => {
+                let $name = other;
+                $body
+            }
         }
     };
 }
@@ -500,20 +506,14 @@ fn add_every(s: usize, from: &[f32], to: &mut [f32]) {
 
 /// `out`'s consecutive `width`-long segments ← the runs of `width` values that start
 /// `step` apart in `from` (`im2col`'s inner copy). A grid row of the shipped networks is
-/// 4 to 32 values wide (7 and 14 in the 28×28 VAE), and a generic copy of so few values
-/// is a call to `memcpy` per segment; up to 32 values the copy is compiled for each width
-/// instead (`by_width!`). The runs are found by index rather than by
-/// `zip(from.chunks(step))`, whose length costs a division per call, one per kernel tap
-/// and image (docs/PERFORMANCE.md §2h).
+/// 4 to 32 values wide (7 and 14 in the 28×28 VAE); `with_width!` compiles the copy for
+/// each such width. The runs are found by index rather than by `zip(from.chunks(step))`,
+/// whose length costs a division per call, one per kernel tap and image
+/// (docs/PERFORMANCE.md §2h).
 fn copy_runs(out: &mut [f32], width: usize, from: &[f32], step: usize) {
-    fn of<const W: usize>(out: &mut [f32], from: &[f32], step: usize) {
-        for (i, segment) in out.chunks_exact_mut(W).enumerate() {
-            segment.copy_from_slice(&from[i * step..i * step + W]);
-        }
-    }
-    by_width!(width, of(out, from, step), {
-        for (i, segment) in out.chunks_exact_mut(width).enumerate() {
-            segment.copy_from_slice(&from[i * step..i * step + width]);
+    with_width!(w = width, {
+        for (i, segment) in out.chunks_exact_mut(w).enumerate() {
+            segment.copy_from_slice(&from[i * step..i * step + w]);
         }
     })
 }
@@ -521,19 +521,12 @@ fn copy_runs(out: &mut [f32], width: usize, from: &[f32], step: usize) {
 /// The adjoint of [`copy_runs`]: the runs of `width` values that start `step` apart in
 /// `to` += `from`'s consecutive `width`-long segments.
 fn add_runs(from: &[f32], width: usize, to: &mut [f32], step: usize) {
-    fn add(to: &mut [f32], from: &[f32]) {
-        for (d, v) in to.iter_mut().zip(from) {
-            *d += *v;
-        }
-    }
-    fn of<const W: usize>(from: &[f32], to: &mut [f32], step: usize) {
-        for (i, segment) in from.chunks_exact(W).enumerate() {
-            add(&mut to[i * step..i * step + W], segment);
-        }
-    }
-    by_width!(width, of(from, to, step), {
-        for (i, segment) in from.chunks_exact(width).enumerate() {
-            add(&mut to[i * step..i * step + width], segment);
+    with_width!(w = width, {
+        for (i, segment) in from.chunks_exact(w).enumerate() {
+            let run = &mut to[i * step..i * step + w];
+            for (d, v) in run.iter_mut().zip(segment) {
+                *d += *v;
+            }
         }
     })
 }
