@@ -319,11 +319,12 @@ impl Geometry {
     /// a gradient through the ReLU whose output that is.
     fn split_phases(&self, image: &[f32], relu_output: Option<&[f32]>, phases: &mut [f32]) {
         let (w, s, pw) = (self.width, self.stride, self.phase_width());
+        let inside = self.phases_inside();
         for (r, out) in phases.chunks_exact_mut(s * pw).enumerate() {
             let row = &image[r * w..(r + 1) * w];
             let mask = relu_output.map(|y| &y[r * w..(r + 1) * w]);
-            for (phase, out) in out.chunks_exact_mut(pw).enumerate() {
-                let (lo, hi, first) = self.phase_inside(phase);
+            for (phase, &(lo, hi, first)) in inside.iter().enumerate() {
+                let out = &mut out[phase * pw..(phase + 1) * pw];
                 out[..lo].fill(0.0);
                 out[hi..].fill(0.0);
                 let mask = mask.map(|m| &m[first..]);
@@ -336,13 +337,22 @@ impl Geometry {
     /// back in place (padding dropped).
     fn merge_phases_add(&self, phases: &[f32], image: &mut [f32]) {
         let (w, s, pw) = (self.width, self.stride, self.phase_width());
+        let inside = self.phases_inside();
         let rows = image.chunks_exact_mut(w).zip(phases.chunks_exact(s * pw));
         for (row, from) in rows {
-            for (phase, from) in from.chunks_exact(pw).enumerate() {
-                let (lo, hi, first) = self.phase_inside(phase);
+            for (phase, &(lo, hi, first)) in inside.iter().enumerate() {
+                let from = &from[phase * pw..(phase + 1) * pw];
                 add_every(s, &from[lo..hi], &mut row[first..]);
             }
         }
+    }
+
+    /// [`phase_inside`](Self::phase_inside) of each phase: once per image rather than per
+    /// row and phase, for each takes integer divisions by the stride.
+    fn phases_inside(&self) -> Vec<(usize, usize, usize)> {
+        (0..self.stride)
+            .map(|phase| self.phase_inside(phase))
+            .collect()
     }
 
     /// The positions `lo..hi` of a phase row whose padded column v·s + `phase` lies inside
@@ -365,16 +375,24 @@ impl Geometry {
         let (h, s, p, pw) = (self.height, self.stride, self.padding, self.phase_width());
         // Consecutive grid rows are s image rows apart, each of s phase rows.
         let step = s * s * pw;
+        // What does not depend on the channel is computed once, for it takes divisions by
+        // the stride (with one per tap, im2col and col2im took 18.5 % of a 3×64×64 step's
+        // profile instead of 12.3 %, docs/PERFORMANCE.md §2i): per kernel row the valid
+        // grid rows and the image row that the first of them reads, per kernel column the
+        // offset of its runs among an image row's phase rows.
+        let kernel_rows: Vec<_> = (0..self.k_h)
+            .map(|ki| {
+                let (lo, hi) = self.valid(ki, h, self.grid_h);
+                (lo, hi, if lo < hi { lo * s + ki - p } else { 0 })
+            })
+            .collect();
+        let kernel_cols: Vec<_> = (0..self.k_w).map(|kj| (kj % s) * pw + kj / s).collect();
         let mut row = 0;
         for c in 0..self.channels {
-            for ki in 0..self.k_h {
-                let (lo, hi) = self.valid(ki, h, self.grid_h);
-                for kj in 0..self.k_w {
-                    let start = if lo < hi {
-                        ((c * h + lo * s + ki - p) * s + kj % s) * pw + kj / s
-                    } else {
-                        0
-                    };
+            for &(lo, hi, image_row) in &kernel_rows {
+                let row_start = (c * h + image_row) * s * pw;
+                for &col_start in &kernel_cols {
+                    let start = if lo < hi { row_start + col_start } else { 0 };
                     f(row, lo, hi, start, step);
                     row += 1;
                 }
