@@ -375,11 +375,10 @@ impl Geometry {
         let (h, s, p, pw) = (self.height, self.stride, self.padding, self.phase_width());
         // Consecutive grid rows are s image rows apart, each of s phase rows.
         let step = s * s * pw;
-        // What does not depend on the channel is computed once, for it takes divisions by
-        // the stride (with some per tap, im2col and col2im took 18.5 % of a 3×64×64 step's
-        // profile instead of 14.5 %, docs/PERFORMANCE.md §2i): per kernel row the valid
-        // grid rows and the image row that the first of them reads, per kernel column the
-        // offset of its runs among an image row's phase rows.
+        // Computed once rather than per channel and tap, as they take divisions by the
+        // stride (docs/PERFORMANCE.md §2i): per kernel row the valid grid rows and the image
+        // row the first of them reads, per kernel column its runs' offset among an image
+        // row's phase rows.
         let kernel_rows: Vec<_> = (0..self.k_h)
             .map(|ki| {
                 let (lo, hi) = self.valid(ki, h, self.grid_h);
