@@ -16,9 +16,12 @@ use candle_core::utils::barrier_pool;
 
 /// Below this many multiply-adds a kernel runs in one piece on the calling thread.
 const SPLIT_ABOVE: usize = 1 << 20;
-/// Blocks per thread. One: the largest, most efficient products (MNIST epoch +10 %,
-/// conv VAE +14 % over two, docs/PERFORMANCE.md §5). More would let the other threads take
-/// over a descheduled thread's blocks on a busy machine, at that price.
+/// Blocks per thread. One: the largest, most efficient products (MNIST epoch +10 % over
+/// two, docs/PERFORMANCE.md §5). More would let the other threads take over the blocks of a
+/// thread that another process slows (a 3×64×64 conv step 1.12–1.19× faster with four,
+/// beside a busy loop on one core), but a convolution's backward sums ∂W per block, and
+/// four blocks' sums cost it 2–4 % on an idle machine; sums per thread would depend on which
+/// thread took which block, and training would no longer repeat bit for bit (§2j).
 const BLOCKS_PER_THREAD: usize = 1;
 
 /// The threads a kernel may use: the pool's workers and the calling thread.
