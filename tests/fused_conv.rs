@@ -272,6 +272,7 @@ fn conv_vae_step(
     kernels: FusedKernels,
     image: ImageShape,
     stages: &[usize],
+    n: usize,
 ) -> Result<Vec<Tensor>> {
     with_fused_kernels(kernels, || -> Result<Vec<Tensor>> {
         let params = ParamStore::new(5);
@@ -280,7 +281,6 @@ fn conv_vae_step(
         let dec = ConvDecoder::new(&ConvDecoderConfig::new(4, image, stages), vb.pp("dec"))?;
         let vae = Vae::new(enc, dec, StandardLikelihood::Bernoulli)?;
         let mut noise = NoiseSource::new(6);
-        let n = 6;
         let dims = [n, image.channels, image.height, image.width];
         let xs = noise.uniform(&dims, DType::F32, &Device::Cpu)?;
         let eps = noise.standard_normal(&[n, 4], DType::F32, &Device::Cpu)?;
@@ -309,8 +309,8 @@ fn conv_vae_step_matches_with_the_conv_kernels_on_and_off() -> Result {
         (ImageShape::new(1, 28, 20), &[8, 16][..]),
         (ImageShape::new(3, 64, 64), &[4, 8, 8, 8][..]),
     ] {
-        let on = conv_vae_step(FusedKernels::ALL, image, stages)?;
-        let off = conv_vae_step(FusedKernels::ALL.with_conv(false), image, stages)?;
+        let on = conv_vae_step(FusedKernels::ALL, image, stages, 6)?;
+        let off = conv_vae_step(FusedKernels::ALL.with_conv(false), image, stages, 6)?;
         assert_eq!(on.len(), off.len());
         assert!(on.len() > 10);
         for (i, (a, b)) in on.iter().zip(&off).enumerate() {
@@ -320,6 +320,24 @@ fn conv_vae_step_matches_with_the_conv_kernels_on_and_off() -> Result {
                 format!("gradient {i}")
             };
             assert_close(&format!("{image:?} {what}"), a, b)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_gradients_repeat_bit_for_bit_whichever_thread_takes_a_block() -> Result {
+    // A batch of 32 cuts every layer into blocks of a few images that the pool's threads
+    // take as they get to them; each block sums its own ∂W, and the sums are added in block
+    // order, so the same step gives the same bits however the blocks were shared out.
+    let image = ImageShape::new(1, 28, 28);
+    let stages = [16, 32];
+    let first = conv_vae_step(FusedKernels::ALL, image, &stages, 32)?;
+    assert!(first.len() > 10);
+    for run in 1..5 {
+        let again = conv_vae_step(FusedKernels::ALL, image, &stages, 32)?;
+        for (i, (a, b)) in first.iter().zip(&again).enumerate() {
+            common::assert_bit_identical(&format!("run {run}, tensor {i}"), a, b)?;
         }
     }
     Ok(())

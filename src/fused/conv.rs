@@ -22,9 +22,10 @@
 //! the image's rows split by column phase (columns φ, φ + s, … of each padded row), so
 //! that every segment of the patch matrix is a contiguous run instead of a strided one.
 //! A fused ReLU's mask is applied where the backward pass first reads ∂Y. The batch is cut
-//! into blocks that the threads take one at a time (`super::parallel`); each block reuses one
-//! patch buffer and, in the backward pass, sums its own partial ∂W and ∂b, added up at the
-//! end. Within a block, the images of a small map are side by side in one product (at
+//! into blocks, four per thread, that the threads take one at a time as they get to them
+//! (`super::parallel`); each block reuses one patch buffer and, in the backward pass, sums
+//! its own partial ∂W and ∂b, added up at the end in block order (the same bits whichever
+//! thread took which block). Within a block, the images of a small map are side by side in one product (at
 //! least 64 columns: 4 images of a 4×4 map), so that the product is not one thin matrix
 //! per image and ∂W is not read and written once per image. Up to 1,024 patch rows, ∂W is
 //! summed as its transpose (`add_weight_gradient`), and during `Adam::backward_step` ∂W
@@ -41,7 +42,7 @@ use candle_nn::{Conv2d, ConvTranspose2d};
 
 use super::gemm::{MatMut, MatRef, matmul};
 use super::math::relu_gradient;
-use super::parallel::{blocks_for, map_all, run_all};
+use super::parallel::{blocks_for, for_each, map_all, run_all};
 use super::sink;
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::ops::Activation;
@@ -52,6 +53,19 @@ use crate::ops::Activation;
 /// 32 and 16 were 3–6 % slower than 64; the 28×28 VAE the same at 64, 128 and 256;
 /// docs/PERFORMANCE.md §2c).
 const MIN_COLS: usize = 64;
+
+/// Blocks of images per thread: four, so that a thread that another process slows hands the
+/// rest of its images to the others instead of holding up the step (the threads take blocks
+/// as they get to them). In the backward each block sums its own ∂W and the blocks' sums are
+/// added in block order, so the gradients do not depend on which thread took which block.
+/// With a busy loop on one core, 3×64×64 steps 1.12× and 28×28 steps 1.22× faster than with
+/// one block per thread; on an idle machine within 1 % (docs/PERFORMANCE.md §2j).
+const IMAGE_BLOCKS_PER_THREAD: usize = 4;
+
+/// A backward whose ∂W has more values than this takes one block per thread: zeroing and
+/// adding four blocks' sums of the 3×64×64 VAE's 524,288-value gradients cost its step
+/// 1–2 % on an idle machine (§2j).
+const FINE_BLOCKS_MAX_WEIGHTS: usize = 1 << 17;
 
 /// Weight gradients of at most this many patch rows (`C·K₁·K₂` of a convolution,
 /// `O·K₁·K₂` of a transposed one) are summed transposed (`add_weight_gradient`). Measured
@@ -635,19 +649,22 @@ impl Problem {
         MatRef::row_major(w, rows, self.geometry.rows())
     }
 
-    /// Images per block of the batch.
-    fn images_per_block(&self) -> usize {
+    /// Images per block of the batch (the unit a thread takes): `per_thread` blocks per
+    /// thread, each a whole number of products.
+    fn images_per_block(&self, per_thread: usize) -> usize {
         let flops = self.n * self.out_c * self.geometry.rows() * self.geometry.cols();
-        self.n.div_ceil(blocks_for(flops, self.n)).max(1)
+        let blocks = blocks_for(flops, self.n, per_thread);
+        let group = self.images_per_product();
+        (self.n.div_ceil(blocks).div_ceil(group) * group).max(1)
     }
 
     /// Images per matrix product: enough for a product `MIN_COLS` columns wide (one image
     /// of a small map gives a thin product that runs far below the FMA peak, and a weight
     /// gradient that is read and written once per image).
-    fn images_per_product(&self, per_block: usize) -> usize {
+    fn images_per_product(&self) -> usize {
         MIN_COLS
             .div_ceil(self.geometry.cols().max(1))
-            .clamp(1, per_block.max(1))
+            .clamp(1, self.n.max(1))
     }
 
     fn forward(
@@ -666,8 +683,8 @@ impl Problem {
         let (rows, cols) = (g.rows(), g.cols());
         let pixels = self.y_hw.0 * self.y_hw.1;
         let mut y = vec![0f32; self.n * y_len];
-        let per_block = self.images_per_block();
-        let group = self.images_per_product(per_block);
+        let per_block = self.images_per_block(IMAGE_BLOCKS_PER_THREAD);
+        let group = self.images_per_product();
         let tasks: Vec<_> = y.chunks_mut(per_block * y_len).enumerate().collect();
         let mat_len = self.out_c.max(self.in_c) * group * cols;
         run_all(tasks, |(block, y_block)| {
@@ -761,8 +778,13 @@ impl Problem {
         let (rows, cols) = (g.rows(), g.cols());
         let w_len = w.len();
         let pixels = self.y_hw.0 * self.y_hw.1;
-        let per_block = self.images_per_block();
-        let group = self.images_per_product(per_block);
+        let per_thread = if w_len <= FINE_BLOCKS_MAX_WEIGHTS {
+            IMAGE_BLOCKS_PER_THREAD
+        } else {
+            1
+        };
+        let per_block = self.images_per_block(per_thread);
+        let group = self.images_per_product();
         let mut dx = if need_x {
             vec![0f32; self.n * x_len]
         } else {
@@ -776,7 +798,8 @@ impl Problem {
         };
         dx_blocks.resize_with(blocks, || None);
         let tasks: Vec<_> = dx_blocks.into_iter().enumerate().collect();
-        // Each block sums ∂W, or its transpose if `transposed_dw` (then transposed back).
+        // Each block sums ∂W, or its transpose if `transposed_dw` (transposed back once the
+        // blocks' sums are added, in block order).
         let transposed_dw = rows <= TRANSPOSED_DW_MAX_ROWS;
         let partials = map_all(tasks, |(block, mut dx_block)| {
             let mut dw = vec![0f32; w_len];
@@ -861,21 +884,52 @@ impl Problem {
                     candle_core::Result::Ok(())
                 },
             )?;
-            if transposed_dw {
-                dw = transpose(&dw, rows, w_len / rows);
-            }
             Ok((dw, db))
         })?;
-        let mut partials = partials.into_iter();
-        let (mut dw, mut db) = partials
-            .next()
-            .unwrap_or_else(|| (vec![0f32; w_len], vec![0f32; self.out_c]));
-        for (pw, pb) in partials {
-            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+        let (mut dw, db) = sum_in_order(partials, w_len, self.out_c)?;
+        if transposed_dw {
+            dw = transpose(&dw, rows, w_len / rows);
         }
         Ok((need_x.then_some(dx), dw, db))
     }
+}
+
+/// The blocks' weight and bias gradients added up in block order, so that the sum does
+/// not depend on which thread ran which block; `dw` in slices of 16 Ki values on the
+/// threads.
+///
+/// # Errors
+/// If the blocks' gradients differ in length.
+fn sum_in_order(
+    partials: Vec<(Vec<f32>, Vec<f32>)>,
+    w_len: usize,
+    b_len: usize,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    const SLICE: usize = 1 << 14;
+    let mut partials = partials.into_iter();
+    let Some((mut dw, mut db)) = partials.next() else {
+        return Ok((vec![0f32; w_len], vec![0f32; b_len]));
+    };
+    let rest: Vec<_> = partials.collect();
+    if rest
+        .iter()
+        .any(|(pw, pb)| pw.len() != dw.len() || pb.len() != db.len())
+    {
+        bail!("candle-vae-conv: blocks' gradients of different lengths")
+    }
+    for (_, pb) in &rest {
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    if !rest.is_empty() {
+        let slices = dw.chunks_mut(SLICE).enumerate().collect();
+        for_each(slices, |(i, slice): (usize, &mut [f32])| {
+            for (pw, _) in &rest {
+                let part = pw.iter().skip(i * SLICE);
+                slice.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
+        })?;
+    }
+    Ok((dw, db))
 }
 
 /// `∂W += A·colᵀ` for the `(channels, ·)` matrix `A` (∂Y of a convolution, X of a

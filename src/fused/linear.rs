@@ -24,7 +24,7 @@ use candle_nn::Linear;
 
 use super::gemm::{MatMut, MatRef, matmul};
 use super::math::{relu_gradient, vectorized};
-use super::parallel::{blocks_for, run_all};
+use super::parallel::{PRODUCT_BLOCKS_PER_THREAD, blocks_for, run_all};
 use super::sink;
 use super::storage::{is_cpu_f32, slice, with_slice};
 use crate::ops::Activation;
@@ -81,7 +81,7 @@ pub(crate) fn linear(
 /// multiply-adds into: a multiple of 16 (one AVX-512 register of `f32`), all of `extent`
 /// on a single thread or for a small product.
 fn block_width(flops: usize, extent: usize) -> usize {
-    let blocks = blocks_for(flops, extent.div_ceil(16));
+    let blocks = blocks_for(flops, extent.div_ceil(16), PRODUCT_BLOCKS_PER_THREAD);
     extent.div_ceil(blocks).div_ceil(16) * 16
 }
 

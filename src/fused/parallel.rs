@@ -16,27 +16,25 @@ use candle_core::utils::barrier_pool;
 
 /// Below this many multiply-adds a kernel runs in one piece on the calling thread.
 const SPLIT_ABOVE: usize = 1 << 20;
-/// Blocks per thread. One: the largest, most efficient products (MNIST epoch +10 % over
-/// two, docs/PERFORMANCE.md §5). More would let the other threads take over the blocks of a
-/// thread that another process slows (a 3×64×64 conv step 1.12–1.19× faster with four,
-/// beside a busy loop on one core), but a convolution's backward sums ∂W per block, and
-/// four blocks' sums cost it 2–4 % on an idle machine; sums per thread would depend on which
-/// thread took which block, and training would no longer repeat bit for bit (§2j).
-const BLOCKS_PER_THREAD: usize = 1;
+/// Blocks per thread for a matrix product cut into blocks of its rows or columns (the fused
+/// linear layer). One: the largest, most efficient products (MNIST epoch +10 % over two,
+/// docs/PERFORMANCE.md §5), since every block packs the other operand again. (The
+/// convolutions, whose products take one image or a few whatever the cut, take four.)
+pub(crate) const PRODUCT_BLOCKS_PER_THREAD: usize = 1;
 
 /// The threads a kernel may use: the pool's workers and the calling thread.
 fn threads() -> usize {
     barrier_pool().n_workers() + 1
 }
 
-/// How many blocks to cut a kernel of `flops` multiply-adds into, at most `max_blocks`:
-/// one on a single thread or for a small kernel.
-pub(crate) fn blocks_for(flops: usize, max_blocks: usize) -> usize {
+/// How many blocks to cut a kernel of `flops` multiply-adds into: `per_thread` for each
+/// thread, at most `max_blocks`; one on a single thread or for a small kernel.
+pub(crate) fn blocks_for(flops: usize, max_blocks: usize, per_thread: usize) -> usize {
     let threads = threads();
     if threads <= 1 || flops < SPLIT_ABOVE {
         1
     } else {
-        (threads * BLOCKS_PER_THREAD).min(max_blocks).max(1)
+        (threads * per_thread).min(max_blocks).max(1)
     }
 }
 
