@@ -63,8 +63,8 @@ const MIN_COLS: usize = 64;
 const IMAGE_BLOCKS_PER_THREAD: usize = 4;
 
 /// A backward whose ∂W has more values than this takes one block per thread: zeroing and
-/// adding four blocks' sums of the 3×64×64 VAE's 524,288-value gradients cost its step
-/// 1–2 % on an idle machine (§2j).
+/// adding four blocks' sums of the 3×64×64 VAE's two 524,288-value gradients cost its step
+/// about 1 % on an idle machine (§2j).
 const FINE_BLOCKS_MAX_WEIGHTS: usize = 1 << 17;
 
 /// Weight gradients of at most this many patch rows (`C·K₁·K₂` of a convolution,
