@@ -25,12 +25,12 @@
 //! into blocks, four per thread, that the threads take one at a time as they get to them
 //! (`super::parallel`); each block reuses one patch buffer and, in the backward pass, sums
 //! its own partial ∂W and ∂b, added up at the end in block order (the same bits whichever
-//! thread took which block). Within a block, the images of a small map are side by side in one product (at
-//! least 64 columns: 4 images of a 4×4 map), so that the product is not one thin matrix
-//! per image and ∂W is not read and written once per image. Up to 1,024 patch rows, ∂W is
-//! summed as its transpose (`add_weight_gradient`), and during `Adam::backward_step` ∂W
-//! and ∂b go straight into the optimiser's buffers (`super::sink`). The gradient of an
-//! input that needs none (data) is not computed.
+//! thread took which block). Within a block, the images of a small map are side by side
+//! in one product (at least 64 columns: 4 images of a 4×4 map), so that the product is not
+//! one thin matrix per image and ∂W is not read and written once per image. Up to 1,024
+//! patch rows, ∂W is summed as its transpose (`add_weight_gradient`), and during
+//! `Adam::backward_step` ∂W and ∂b go straight into the optimiser's buffers
+//! (`super::sink`). The gradient of an input that needs none (data) is not computed.
 //!
 //! Dilation other than 1, groups other than 1, a missing bias, other dtypes and devices
 //! take candle's path.
@@ -59,7 +59,7 @@ const MIN_COLS: usize = 64;
 /// as they get to them). In the backward each block sums its own ∂W and the blocks' sums are
 /// added in block order, so the gradients do not depend on which thread took which block.
 /// With a busy loop on one core, 3×64×64 steps 1.12× and 28×28 steps 1.22× faster than with
-/// one block per thread; on an idle machine within 1 % (docs/PERFORMANCE.md §2j).
+/// one block per thread; on an idle machine 0.990–1.014 as fast (docs/PERFORMANCE.md §2j).
 const IMAGE_BLOCKS_PER_THREAD: usize = 4;
 
 /// A backward whose ∂W has more values than this takes one block per thread: zeroing and
@@ -649,22 +649,35 @@ impl Problem {
         MatRef::row_major(w, rows, self.geometry.rows())
     }
 
-    /// Images per block of the batch (the unit a thread takes): `per_thread` blocks per
-    /// thread, each a whole number of products.
+    /// Multiply-adds of one pass (the forward, or either product of the backward) over the
+    /// batch: `rows` is `C·K₁·K₂` of a convolution, `O·K₁·K₂` of a transposed one, and the
+    /// product's other side `O` or `C`. (Counted with `O` for both until §2j, which kept the
+    /// 28×28 decoder's 32→1 layer, 12.8 M multiply-adds, on one thread.)
+    fn flops(&self) -> usize {
+        let channels = match self.kind {
+            Kind::Conv => self.out_c,
+            Kind::Transposed => self.in_c,
+        };
+        self.n * channels * self.geometry.rows() * self.geometry.cols()
+    }
+
+    /// Images per block of the batch (the unit a thread takes): up to `per_thread` blocks
+    /// per thread, each a whole number of products.
     fn images_per_block(&self, per_thread: usize) -> usize {
-        let flops = self.n * self.out_c * self.geometry.rows() * self.geometry.cols();
-        let blocks = blocks_for(flops, self.n, per_thread);
+        let blocks = blocks_for(self.flops(), self.n, per_thread);
         let group = self.images_per_product();
         (self.n.div_ceil(blocks).div_ceil(group) * group).max(1)
     }
 
     /// Images per matrix product: enough for a product `MIN_COLS` columns wide (one image
     /// of a small map gives a thin product that runs far below the FMA peak, and a weight
-    /// gradient that is read and written once per image).
+    /// gradient that is read and written once per image), but no more than a thread's
+    /// share of the batch, so that every thread has a block.
     fn images_per_product(&self) -> usize {
+        let share = self.n.div_ceil(blocks_for(self.flops(), self.n, 1));
         MIN_COLS
             .div_ceil(self.geometry.cols().max(1))
-            .clamp(1, self.n.max(1))
+            .clamp(1, share.max(1))
     }
 
     fn forward(
@@ -895,8 +908,8 @@ impl Problem {
 }
 
 /// The blocks' weight and bias gradients added up in block order, so that the sum does
-/// not depend on which thread ran which block; `dw` in slices of 16 Ki values on the
-/// threads.
+/// not depend on which thread ran which block; `dw` on the threads, in slices of 16 Ki
+/// values (64 KiB: the 524,288-value gradients in 32 tasks).
 ///
 /// # Errors
 /// If the blocks' gradients differ in length.
@@ -911,11 +924,17 @@ fn sum_in_order(
         return Ok((vec![0f32; w_len], vec![0f32; b_len]));
     };
     let rest: Vec<_> = partials.collect();
-    if rest
+    if let Some((pw, pb)) = rest
         .iter()
-        .any(|(pw, pb)| pw.len() != dw.len() || pb.len() != db.len())
+        .find(|(pw, pb)| pw.len() != dw.len() || pb.len() != db.len())
     {
-        bail!("candle-vae-conv: blocks' gradients of different lengths")
+        bail!(
+            "candle-vae-conv: a block's gradients hold {} and {} values, the first block's {} and {}",
+            pw.len(),
+            pb.len(),
+            dw.len(),
+            db.len()
+        )
     }
     for (_, pb) in &rest {
         db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
@@ -924,8 +943,9 @@ fn sum_in_order(
         let slices = dw.chunks_mut(SLICE).enumerate().collect();
         for_each(slices, |(i, slice): (usize, &mut [f32])| {
             for (pw, _) in &rest {
-                let part = pw.iter().skip(i * SLICE);
-                slice.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                if let Some(part) = pw.get(i * SLICE..) {
+                    slice.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                }
             }
         })?;
     }
