@@ -661,23 +661,21 @@ impl Problem {
         self.n * channels * self.geometry.rows() * self.geometry.cols()
     }
 
-    /// Images per block of the batch (the unit a thread takes): up to `per_thread` blocks
-    /// per thread, each a whole number of products.
-    fn images_per_block(&self, per_thread: usize) -> usize {
-        let blocks = blocks_for(self.flops(), self.n, per_thread);
-        let group = self.images_per_product();
-        (self.n.div_ceil(blocks).div_ceil(group) * group).max(1)
-    }
-
-    /// Images per matrix product: enough for a product `MIN_COLS` columns wide (one image
-    /// of a small map gives a thin product that runs far below the FMA peak, and a weight
-    /// gradient that is read and written once per image), but no more than a thread's
-    /// share of the batch, so that every thread has a block.
-    fn images_per_product(&self) -> usize {
-        let share = self.n.div_ceil(blocks_for(self.flops(), self.n, 1));
-        MIN_COLS
+    /// How the batch is cut: images per block (the unit a thread takes; up to `per_thread`
+    /// blocks per thread) and images per matrix product within a block. A product takes
+    /// enough images for `MIN_COLS` columns (one image of a small map gives a thin product
+    /// that runs far below the FMA peak, and a weight gradient that is read and written
+    /// once per image), but no more than a thread's share of the batch, so that every
+    /// thread has a block; a block is a whole number of products.
+    fn cut(&self, per_thread: usize) -> (usize, usize) {
+        let flops = self.flops();
+        let share = self.n.div_ceil(blocks_for(flops, self.n, 1));
+        let group = MIN_COLS
             .div_ceil(self.geometry.cols().max(1))
-            .clamp(1, share.max(1))
+            .clamp(1, share.max(1));
+        let blocks = blocks_for(flops, self.n, per_thread);
+        let per_block = (self.n.div_ceil(blocks).div_ceil(group) * group).max(1);
+        (per_block, group)
     }
 
     fn forward(
@@ -696,8 +694,7 @@ impl Problem {
         let (rows, cols) = (g.rows(), g.cols());
         let pixels = self.y_hw.0 * self.y_hw.1;
         let mut y = vec![0f32; self.n * y_len];
-        let per_block = self.images_per_block(IMAGE_BLOCKS_PER_THREAD);
-        let group = self.images_per_product();
+        let (per_block, group) = self.cut(IMAGE_BLOCKS_PER_THREAD);
         let tasks: Vec<_> = y.chunks_mut(per_block * y_len).enumerate().collect();
         let mat_len = self.out_c.max(self.in_c) * group * cols;
         run_all(tasks, |(block, y_block)| {
@@ -796,8 +793,7 @@ impl Problem {
         } else {
             1
         };
-        let per_block = self.images_per_block(per_thread);
-        let group = self.images_per_product();
+        let (per_block, group) = self.cut(per_thread);
         let mut dx = if need_x {
             vec![0f32; self.n * x_len]
         } else {
@@ -899,7 +895,7 @@ impl Problem {
             )?;
             Ok((dw, db))
         })?;
-        let (mut dw, db) = sum_in_order(partials, w_len, self.out_c)?;
+        let (mut dw, db) = sum_in_order(partials)?;
         if transposed_dw {
             dw = transpose(&dw, rows, w_len / rows);
         }
@@ -909,33 +905,18 @@ impl Problem {
 
 /// The blocks' weight and bias gradients added up in block order, so that the sum does
 /// not depend on which thread ran which block; `dw` on the threads, in slices of 16 Ki
-/// values (64 KiB: the 524,288-value gradients in 32 tasks).
+/// values (64 KiB: the 524,288-value gradients in 32 tasks). Every block's are of the same
+/// lengths (each starts from zeros of the layer's sizes).
 ///
 /// # Errors
-/// If the blocks' gradients differ in length.
-fn sum_in_order(
-    partials: Vec<(Vec<f32>, Vec<f32>)>,
-    w_len: usize,
-    b_len: usize,
-) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+/// If there are no blocks, or a slice's task did not run.
+fn sum_in_order(partials: Vec<(Vec<f32>, Vec<f32>)>) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
     const SLICE: usize = 1 << 14;
     let mut partials = partials.into_iter();
     let Some((mut dw, mut db)) = partials.next() else {
-        return Ok((vec![0f32; w_len], vec![0f32; b_len]));
+        bail!("candle-vae-conv: a backward pass without blocks")
     };
     let rest: Vec<_> = partials.collect();
-    if let Some((pw, pb)) = rest
-        .iter()
-        .find(|(pw, pb)| pw.len() != dw.len() || pb.len() != db.len())
-    {
-        bail!(
-            "candle-vae-conv: a block's gradients hold {} and {} values, the first block's {} and {}",
-            pw.len(),
-            pb.len(),
-            dw.len(),
-            db.len()
-        )
-    }
     for (_, pb) in &rest {
         db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
     }
@@ -943,9 +924,8 @@ fn sum_in_order(
         let slices = dw.chunks_mut(SLICE).enumerate().collect();
         for_each(slices, |(i, slice): (usize, &mut [f32])| {
             for (pw, _) in &rest {
-                if let Some(part) = pw.get(i * SLICE..) {
-                    slice.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-                }
+                let part = pw.get(i * SLICE..).unwrap_or_default();
+                slice.iter_mut().zip(part).for_each(|(a, b)| *a += b);
             }
         })?;
     }
